@@ -1,0 +1,63 @@
+"""What every node module of the pack shares: the category root, the pack's own ComfyUI types,
+model-folder registration, and the bridge from revpers_core's progress callbacks to ComfyUI's
+progress bar and interrupt button. Nothing here does maths."""
+import os
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+
+CATEGORY = "Reverse Personalization"
+
+
+def category(sub=None):
+    return CATEGORY if not sub else f"{CATEGORY}/{sub}"
+
+
+# Types the pack adds (only where ComfyUI has no equivalent).
+FACE_ANALYSIS = "REVPERS_FACE_ANALYSIS"  # a loaded InsightFace analyser
+FACES = "REVPERS_FACES"  # detected faces: image index, box, landmarks, transform, score
+EMBEDDING = "REVPERS_EMBEDDING"  # identity embeddings, one row per face
+FACEID_ADAPTER = "REVPERS_FACEID_ADAPTER"  # IP-Adapter-FaceID weights (projection, to_k/v_ip, LoRA)
+INVERSION = "REVPERS_INVERSION"  # x_T, noise maps and schedule of an edit-friendly inversion
+ANONYMITY_REPORT = "REVPERS_ANONYMITY_REPORT"  # per-face identity similarity before/after
+
+# Model folders the pack reads, with the extensions it accepts in each.
+MODEL_FOLDERS = {
+    "ipadapter": {".bin", ".safetensors"},
+    "insightface": {".onnx"},
+}
+
+
+def register_model_folders():
+    """Register models/ipadapter and models/insightface with folder_paths (idempotent).
+
+    A folder an extra_model_paths.yaml already declared keeps its paths; ours is added beside them
+    and the extensions are merged, so both IPAdapter_plus users' layout and our own work.
+    """
+    for name, exts in MODEL_FOLDERS.items():
+        default = os.path.join(folder_paths.models_dir, name)
+        if name in folder_paths.folder_names_and_paths:
+            paths, known = folder_paths.folder_names_and_paths[name]
+            if default not in paths:
+                paths.append(default)
+            folder_paths.folder_names_and_paths[name] = (paths, set(known) | exts)
+        else:
+            folder_paths.folder_names_and_paths[name] = ([default], set(exts))
+
+
+def model_folder_paths(name):
+    """All paths registered for a model folder (the default one first if nothing else is set)."""
+    return list(folder_paths.get_folder_paths(name))
+
+
+class Progress:
+    """revpers_core reports long work as `on_step(done, total)`; this shows it on ComfyUI's progress
+    bar (and so on the websocket) and stops the run between steps when the user presses Cancel."""
+
+    def __init__(self, total):
+        self.bar = comfy.utils.ProgressBar(total)
+
+    def __call__(self, done, total):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        self.bar.update_absolute(done, total)

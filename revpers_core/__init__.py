@@ -1,0 +1,1 @@
+"""Reverse Personalization: the method, free of ComfyUI."""
