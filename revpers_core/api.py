@@ -1,0 +1,296 @@
+"""A small client for a ComfyUI server's HTTP and websocket API.
+
+It speaks the API every ComfyUI since 2023 serves (the March 2024 snapshot and current releases):
+
+    POST /prompt            queue an API-format graph           GET /history/{id}   its outputs
+    POST /upload/image      put a picture in the input folder   GET /view           fetch a file
+    GET  /object_info       the node types                      GET /system_stats   liveness
+    GET  /ws?clientId=...   events: status, execution_start, execution_cached, executing, progress,
+                            executed, execution_error, execution_interrupted, execution_success
+
+    client = ComfyClient("http://127.0.0.1:8188")
+    name = client.upload_image("photo.jpg")
+    result = client.run(graph, on_event=print)      # queue, follow the websocket, read the history
+    if result.status != "success":
+        raise SystemExit(result.message)
+
+Failures come back as exceptions whose text is the server's own readable message: `PromptRejected`
+when the server refuses a graph (validation), `ExecutionFailed` when a node raises while running.
+"""
+import json
+import mimetypes
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import requests
+import websocket
+
+__all__ = ["ComfyClient", "ComfyError", "PromptRejected", "ExecutionFailed", "RunResult"]
+
+
+class ComfyError(RuntimeError):
+    """Anything the server answered with an error."""
+
+
+class PromptRejected(ComfyError):
+    """POST /prompt refused the graph (HTTP 400): a missing node type, a bad input value, a missing
+    model file name... `status` is the HTTP status, `body` the decoded JSON answer (or its text)."""
+
+    def __init__(self, status, body):
+        self.status = status
+        self.body = body
+        super().__init__(describe_rejection(body, status))
+
+
+class ExecutionFailed(ComfyError):
+    """A node raised while the graph ran; `data` is the server's execution_error (or
+    execution_interrupted) message: node_id, node_type, exception_type, exception_message, traceback."""
+
+    def __init__(self, data, result=None):
+        self.data = data
+        self.result = result
+        super().__init__(describe_execution_error(data))
+
+
+def describe_rejection(body, status=400):
+    """The server's validation answer as lines a person can read."""
+    if not isinstance(body, dict):
+        return f"the server refused the prompt (HTTP {status}): {body}"
+    lines = []
+    error = body.get("error")
+    if isinstance(error, dict):
+        head = error.get("message") or error.get("type") or "invalid prompt"
+        details = error.get("details")
+        lines.append(f"{head}: {details}" if details else head)
+    elif error:
+        lines.append(str(error))
+    node_errors = body.get("node_errors") or {}
+    for node_id, entry in node_errors.items():
+        class_type = entry.get("class_type", "?")
+        for e in entry.get("errors", []):
+            text = e.get("message") or e.get("type") or "error"
+            if e.get("details"):
+                text += f": {e['details']}"
+            lines.append(f"  node {node_id} ({class_type}): {text}")
+    return "\n".join(lines) if lines else f"the server refused the prompt (HTTP {status})"
+
+
+def describe_execution_error(data):
+    """One line naming the node and the exception, then the exception's own message."""
+    node = f"{data.get('node_type', '?')} (node {data.get('node_id', '?')})"
+    if "exception_message" not in data:
+        return f"{node}: the run was interrupted"
+    kind = data.get("exception_type") or "error"
+    message = str(data.get("exception_message", "")).strip()
+    return f"{node} failed with {kind}:\n{message}"
+
+
+@dataclass
+class RunResult:
+    """What one queued prompt did: `status` is "success" or "error"; `events` the websocket messages
+    that concerned it, in order, as (type, data); `error` the execution_error/_interrupted data or
+    None; `outputs` the history's outputs per node id (each node's `ui` dict); `history` the whole
+    history entry."""
+
+    prompt_id: str
+    status: str
+    events: list = field(default_factory=list)
+    error: dict = None
+    outputs: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+
+    @property
+    def message(self):
+        return describe_execution_error(self.error) if self.error else ""
+
+    def raise_for_status(self):
+        if self.status != "success":
+            raise ExecutionFailed(self.error or {"exception_message": "the prompt did not succeed"}, self)
+        return self
+
+    def images(self, node_id=None):
+        """Every image record ({filename, subfolder, type}) in the outputs, or in one node's."""
+        found = []
+        for nid, ui in self.outputs.items():
+            if node_id is None or str(nid) == str(node_id):
+                found.extend(ui.get("images", []))
+        return found
+
+
+class ComfyClient:
+    """One client id, one websocket (opened on first use, before the first prompt is queued, so no
+    event of that prompt is missed), plain HTTP for everything else."""
+
+    def __init__(self, url, client_id=None, timeout=30.0):
+        self.url = url.rstrip("/")
+        if "://" not in self.url:
+            self.url = "http://" + self.url
+        self.client_id = client_id or uuid.uuid4().hex
+        self.timeout = timeout
+        self.session = requests.Session()
+        self._ws = None
+
+    # --- HTTP -------------------------------------------------------------------------------------
+
+    def _get(self, path, **params):
+        r = self.session.get(self.url + path, params=params or None, timeout=self.timeout)
+        if r.status_code != 200:
+            raise ComfyError(f"GET {path} answered HTTP {r.status_code}: {r.text[:500]}")
+        return r
+
+    def system_stats(self):
+        return self._get("/system_stats").json()
+
+    def object_info(self, node_class=None):
+        """All node types (or one) with their inputs, as the server describes them."""
+        return self._get(f"/object_info/{node_class}" if node_class else "/object_info").json()
+
+    def upload_image(self, image, name=None, subfolder="", type="input", overwrite=True):
+        """Upload a picture (a path, or bytes with `name`) to the server's input folder. Returns the
+        name to give LoadImage (with the subfolder prefix when one is used)."""
+        if isinstance(image, (bytes, bytearray)):
+            if not name:
+                raise ValueError("upload_image: give a file name when uploading bytes")
+            data = bytes(image)
+        else:
+            path = os.fspath(image)
+            with open(path, "rb") as f:
+                data = f.read()
+            name = name or os.path.basename(path)
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        form = {"type": type, "overwrite": "true" if overwrite else "false"}
+        if subfolder:
+            form["subfolder"] = subfolder
+        r = self.session.post(self.url + "/upload/image", files={"image": (name, data, content_type)},
+                              data=form, timeout=max(self.timeout, 120))
+        if r.status_code != 200:
+            raise ComfyError(f"uploading {name} failed: HTTP {r.status_code} {r.text[:300]}")
+        answer = r.json()
+        sub = answer.get("subfolder") or ""
+        return f"{sub}/{answer['name']}" if sub else answer["name"]
+
+    def queue(self, prompt, extra_data=None, front=False):
+        """POST an API-format graph; returns its prompt id. Raises PromptRejected with the server's
+        validation messages when it refuses the graph. Opens the websocket first."""
+        self.connect()
+        payload = {"prompt": prompt, "client_id": self.client_id}
+        if extra_data:
+            payload["extra_data"] = extra_data
+        if front:
+            payload["front"] = True
+        r = self.session.post(self.url + "/prompt", json=payload, timeout=self.timeout)
+        if r.status_code != 200:
+            try:
+                body = r.json()
+            except ValueError:
+                body = r.text
+            raise PromptRejected(r.status_code, body)
+        return r.json()["prompt_id"]
+
+    def history(self, prompt_id=None):
+        """The server's history: one prompt's entry (None while it has none), or all of it."""
+        if prompt_id is None:
+            return self._get("/history").json()
+        return self._get(f"/history/{prompt_id}").json().get(prompt_id)
+
+    def view(self, filename, subfolder="", type="output"):
+        """The bytes of a file in the server's output/input/temp folder."""
+        r = self.session.get(self.url + "/view", params={"filename": filename, "subfolder": subfolder,
+                                                         "type": type}, timeout=max(self.timeout, 120))
+        if r.status_code != 200:
+            raise ComfyError(f"/view {type}/{subfolder}/{filename} answered HTTP {r.status_code}")
+        return r.content
+
+    def interrupt(self):
+        self.session.post(self.url + "/interrupt", timeout=self.timeout)
+
+    # --- websocket --------------------------------------------------------------------------------
+
+    def connect(self):
+        if self._ws is None:
+            ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+            self._ws = websocket.create_connection(f"{ws_url}/ws?clientId={self.client_id}",
+                                                   timeout=self.timeout)
+        return self._ws
+
+    def close(self):
+        if self._ws is not None:
+            try:
+                self._ws.close()
+            finally:
+                self._ws = None
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def follow(self, prompt_id, on_event=None, timeout=600.0, poll=1.0):
+        """Read the websocket until the prompt finishes; returns its RunResult.
+
+        `on_event(type, data)` sees every JSON event that concerns this prompt (binary preview frames
+        are skipped). The end is `executing` with node None, `execution_success`, `execution_error` or
+        `execution_interrupted` for this prompt; if the socket stays quiet the history is polled, so a
+        missed event cannot hang the client. Raises TimeoutError after `timeout` seconds.
+        """
+        ws = self.connect()
+        deadline = time.monotonic() + timeout
+        events, error, finished = [], None, False
+        while not finished:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+            ws.settimeout(min(poll, left))
+            try:
+                raw = ws.recv()
+            except websocket.WebSocketTimeoutException:
+                entry = self.history(prompt_id)
+                if entry and entry.get("status", {}).get("completed") is not None:
+                    if entry.get("status", {}).get("status_str") in ("success", "error"):
+                        finished = True
+                continue
+            if not isinstance(raw, str):
+                continue  # a binary preview frame
+            message = json.loads(raw)
+            kind, data = message.get("type"), message.get("data") or {}
+            if isinstance(data, dict) and data.get("prompt_id") not in (None, prompt_id):
+                continue
+            if kind in ("status", "crystools.monitor"):
+                continue
+            events.append((kind, data))
+            if on_event is not None:
+                on_event(kind, data)
+            if kind in ("execution_error", "execution_interrupted"):
+                error = data
+                finished = True
+            elif kind == "execution_success" and data.get("prompt_id") == prompt_id:
+                finished = True
+            elif kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                finished = True
+        return self._result(prompt_id, events, error, deadline)
+
+    def _result(self, prompt_id, events, error, deadline):
+        entry = None
+        while time.monotonic() < deadline:
+            entry = self.history(prompt_id)
+            if entry is not None:
+                break
+            time.sleep(0.1)
+        entry = entry or {}
+        status = entry.get("status", {})
+        if error is None and status.get("status_str") == "error":
+            for kind, data in status.get("messages", []):
+                if kind in ("execution_error", "execution_interrupted"):
+                    error = data
+        ok = error is None and status.get("status_str", "success") == "success"
+        return RunResult(prompt_id=prompt_id, status="success" if ok else "error", events=events,
+                         error=error, outputs=entry.get("outputs", {}), history=entry)
+
+    def run(self, prompt, on_event=None, timeout=600.0, extra_data=None):
+        """Queue a graph and follow it to its end (see `follow`)."""
+        prompt_id = self.queue(prompt, extra_data=extra_data)
+        return self.follow(prompt_id, on_event=on_event, timeout=timeout)

@@ -1,0 +1,189 @@
+"""Start, wait for and stop a ComfyUI server process (headless, on 127.0.0.1).
+
+    with ComfyHost("path/to/ComfyUI", models_dir="models", extra_args=["--cpu"]) as host:
+        client = ComfyClient(host.url)
+        ...
+
+The server gets a port the OS picked, its own input/output/temp folders when given, and every model
+folder of `models_dir` (checkpoints/, ipadapter/, insightface/, ...) through an
+`--extra-model-paths-config` file with that base path, beside the host's own models folder. Its
+stdout and stderr go to `log_path` (a temporary file if not given); a start that fails or times out
+raises `HostError` with the tail of that log.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+__all__ = ["ComfyHost", "HostError", "free_port", "MODEL_FOLDERS"]
+
+# Model folders mapped from `models_dir` (ComfyUI's folder names, plus the two the pack registers).
+MODEL_FOLDERS = ("checkpoints", "vae", "loras", "clip", "clip_vision", "unet", "controlnet",
+                 "embeddings", "upscale_models", "ipadapter", "insightface")
+
+
+class HostError(RuntimeError):
+    """The ComfyUI process did not come up (or died); the message carries its log tail."""
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port nothing listens on right now, chosen by the OS."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _yaml_quote(text):
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+class ComfyHost:
+    """A ComfyUI server run as a child process of this one.
+
+    comfyui_dir   the ComfyUI folder (holds main.py)
+    python        the interpreter to run it with (default: this one)
+    port          TCP port (default: a free one from the OS)
+    extra_args    more main.py arguments, e.g. ["--cpu", "--use-pytorch-cross-attention"]
+    models_dir    a models base folder to add (its checkpoints/, ipadapter/, ...)
+    input_dir, output_dir   the server's input and output folders (default: the host's own)
+    log_path      where the server's output goes (default: a temporary file, kept)
+    """
+
+    def __init__(self, comfyui_dir, python=None, port=None, extra_args=(), models_dir=None,
+                 input_dir=None, output_dir=None, log_path=None, listen="127.0.0.1",
+                 startup_timeout=180.0, env=None):
+        self.comfyui_dir = Path(comfyui_dir).resolve()
+        if not (self.comfyui_dir / "main.py").is_file():
+            raise FileNotFoundError(
+                f"no ComfyUI at {self.comfyui_dir} (main.py is missing). Give the folder of a ComfyUI "
+                "checkout (--comfyui DIR or the COMFYUI_DIR environment variable), or run "
+                "scripts/install_host.sh to install one in .host/ComfyUI.")
+        self.python = python or sys.executable
+        self.port = port
+        self.listen = listen
+        self.extra_args = list(extra_args)
+        self.models_dir = Path(models_dir).resolve() if models_dir else None
+        self.input_dir = Path(input_dir).resolve() if input_dir else None
+        self.output_dir = Path(output_dir).resolve() if output_dir else None
+        self.log_path = Path(log_path) if log_path else None
+        self.startup_timeout = startup_timeout
+        self.env = env
+        self.process = None
+        self._workdir = None
+        self._log_file = None
+
+    @property
+    def url(self):
+        return f"http://{self.listen}:{self.port}"
+
+    @property
+    def running(self):
+        return self.process is not None and self.process.poll() is None
+
+    def command(self):
+        """The command line that starts the server (call after the port and work folder are set)."""
+        cmd = [self.python, "-u", str(self.comfyui_dir / "main.py"), "--listen", self.listen,
+               "--port", str(self.port)]
+        if self.models_dir is not None:
+            cmd += ["--extra-model-paths-config", str(self._write_model_paths())]
+        if self.input_dir is not None:
+            cmd += ["--input-directory", str(self.input_dir)]
+        if self.output_dir is not None:
+            cmd += ["--output-directory", str(self.output_dir)]
+        if "--temp-directory" not in self.extra_args:
+            cmd += ["--temp-directory", str(self._workdir)]
+        return cmd + self.extra_args
+
+    def _write_model_paths(self):
+        path = Path(self._workdir) / "extra_model_paths.yaml"
+        lines = ["revpers_models:", f"    base_path: {_yaml_quote(self.models_dir)}"]
+        lines += [f"    {name}: {name}" for name in MODEL_FOLDERS]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start(self):
+        """Start the server and wait until it answers /system_stats; returns self."""
+        if self.running:
+            return self
+        self._workdir = str(Path(tempfile.mkdtemp(prefix="revpers-host-")).resolve())
+        for d in (self.input_dir, self.output_dir):
+            if d is not None:
+                d.mkdir(parents=True, exist_ok=True)
+        if self.port is None:
+            self.port = free_port(self.listen)
+        if self.log_path is None:
+            self.log_path = Path(self._workdir) / "comfyui.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self._log_file = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.command(), cwd=str(self.comfyui_dir), env=env, stdin=subprocess.DEVNULL,
+            stdout=self._log_file, stderr=subprocess.STDOUT,
+            # its own process group: a Ctrl-C in the terminal reaches us, and we stop it in order
+            start_new_session=(os.name == "posix"))
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop(keep_log=True)
+            raise
+        return self
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise HostError(f"ComfyUI exited with code {code} while starting "
+                                f"(log: {self.log_path}):\n{self.log_tail()}")
+            try:
+                if requests.get(self.url + "/system_stats", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise HostError(f"ComfyUI did not answer on {self.url} within {self.startup_timeout:.0f} s "
+                                f"(log: {self.log_path}):\n{self.log_tail()}")
+            time.sleep(0.25)
+
+    def log_tail(self, lines=40):
+        try:
+            text = Path(self.log_path).read_text(errors="replace")
+        except (OSError, TypeError):
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout=15.0, keep_log=False):
+        """Stop the server (SIGINT, then kill after `timeout` s) and remove its temporary folder,
+        where the default log lives unless `keep_log` (kept when a start fails, for the message's
+        sake). Safe to call twice."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            try:
+                # ComfyUI handles KeyboardInterrupt by cleaning its temp folder and exiting
+                proc.send_signal(signal.SIGINT if os.name == "posix" else signal.SIGTERM)
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._workdir is not None:
+            log_inside = self.log_path is not None and Path(self._workdir) in Path(self.log_path).resolve().parents
+            if not (keep_log and log_inside):
+                shutil.rmtree(self._workdir, ignore_errors=True)
+                self._workdir = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
