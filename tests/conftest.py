@@ -1,0 +1,62 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from inprocess import load_comfy_and_pack  # noqa: E402
+from paths import ARTIFACTS  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def comfy_inprocess():
+    """ComfyUI importable in this process (CPU, PyTorch attention) and the pack imported as ComfyUI
+    imports it. Returns the pack module: `pack.nodes.<module>.<NodeClass>`."""
+    return load_comfy_and_pack()
+
+
+@pytest.fixture(scope="session")
+def _server_session(tmp_path_factory):
+    from harness import start_server
+
+    server = start_server(tmp_path_factory.mktemp("comfyui"))
+    print(f"\n[harness] ComfyUI started at {server.url} (log: {server.host.log_path})", flush=True)
+    try:
+        yield server
+    finally:
+        server.close()
+        server.host.stop()
+        print("\n[harness] ComfyUI stopped", flush=True)
+
+
+@pytest.fixture
+def comfy_server(_server_session, request):
+    """The session's real ComfyUI server, with the pack loaded, as a ComfyClient (see harness.py).
+    When the test fails, the server's log lines written during it are kept under
+    artifacts/server/<test name>.log."""
+    server = _server_session
+    if not server.host.running:
+        pytest.fail(f"the ComfyUI server died earlier in the session; log tail:\n{server.host.log_tail()}")
+    offset = server.log_size()
+    yield server
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        name = request.node.nodeid.replace("/", "_").replace("::", "__")
+        path = ARTIFACTS / "server" / f"{name}.log"
+        path.write_text(server.log_since(offset))
+        print(f"\n[harness] server log of the failed test: {path}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def pytest_collection_modifyitems(items):
+    # Tests that use the server are marked, so `-m "not server"` runs the rest without starting it.
+    for item in items:
+        if "comfy_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)

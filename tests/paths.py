@@ -1,0 +1,16 @@
+"""Where the tests find the repository, the ComfyUI host, the shared oracle and their artifacts."""
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HOST = Path(os.environ.get("COMFYUI_DIR") or REPO / ".host" / "ComfyUI")
+SHARED = Path(os.environ.get("REVPERS_SHARED") or REPO.parent / "shared")
+ORACLE = SHARED / "oracle"
+ARTIFACTS = Path(os.environ.get("REVPERS_ARTIFACTS") or REPO / "artifacts")
+
+
+def artifact_dir(area):
+    """A folder for pictures and logs a test leaves behind for people to look at."""
+    path = ARTIFACTS / area
+    path.mkdir(parents=True, exist_ok=True)
+    return path
