@@ -1,0 +1,320 @@
+"""InsightFace face analysis: a small loader object with a plain `detect`/`embed`/`get`.
+
+The model pack is InsightFace's `buffalo_l` (SCRFD-10G detector + ArcFace ResNet-50), in the
+folder layout every ComfyUI face pack uses: `<models>/insightface/models/buffalo_l/*.onnx`.
+Nothing is ever downloaded: the files are checked here first, and a missing or broken pack is an
+error naming the folder, the files and where they come from. (InsightFace itself would try to
+download a missing pack with no timeout, and fails with a bare AssertionError on an empty one.)
+
+Images are numpy arrays in OpenCV's convention, BGR uint8 HxWx3, as InsightFace expects.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .align import arcface_crop
+from .records import Detection
+
+DEFAULT_PACK = "buffalo_l"
+BUFFALO_L_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip"
+BUFFALO_L_FILES = {
+    "det_10g.onnx": "face detector (SCRFD-10G) - required",
+    "w600k_r50.onnx": "ArcFace recognition model (ResNet-50) - required",
+    "1k3d68.onnx": "3-D landmarks - optional, not used by this pack",
+    "2d106det.onnx": "106-point landmarks - optional, not used by this pack",
+    "genderage.onnx": "gender/age - optional, not used by this pack",
+}
+BUFFALO_L_REQUIRED = ("det_10g.onnx", "w600k_r50.onnx")
+
+PROVIDERS = ("auto", "CPU", "CUDA")
+DEFAULT_DET_SIZE = 640
+DEFAULT_THRESHOLD = 0.5
+
+
+def _where_from(pack: str) -> str:
+    if pack == DEFAULT_PACK:
+        return (f"Download {BUFFALO_L_URL} (InsightFace model zoo; non-commercial research licence) "
+                f"and unzip it so that the .onnx files sit directly in that folder.")
+    return (f"'{pack}' is an InsightFace model pack: unzip it so that its .onnx files (a detector and a "
+            f"recognition model) sit directly in that folder.")
+
+
+def _expected_files(pack: str) -> str:
+    if pack == DEFAULT_PACK:
+        return "; ".join(f"{name} ({what})" for name, what in BUFFALO_L_FILES.items())
+    return "a detector .onnx (SCRFD) and a recognition .onnx (ArcFace)"
+
+
+def find_model_dir(roots, pack: str = DEFAULT_PACK) -> str:
+    """The first `<root>/models/<pack>` folder that exists, for the insightface model roots
+    `roots` (in order). Raises FileNotFoundError naming every place looked at."""
+    roots = [os.path.abspath(os.path.expanduser(str(r))) for r in roots]
+    tried = []
+    for root in roots:
+        candidate = os.path.join(root, "models", pack)
+        tried.append(candidate)
+        if os.path.isdir(candidate):
+            return candidate
+    where = "\n  ".join(tried) if tried else "(no insightface model folder is registered)"
+    raise FileNotFoundError(
+        f"InsightFace model pack '{pack}' not found. Looked for the folder:\n  {where}\n"
+        f"Expected files: {_expected_files(pack)}.\n{_where_from(pack)}"
+    )
+
+
+def _looks_broken(path: str) -> str:
+    size = os.path.getsize(path)
+    if size == 0:
+        return "is empty"
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if head.startswith(b"version https://git-lfs"):
+        return "is a Git LFS pointer, not the model (download the real file)"
+    if size < 1024:
+        return f"is only {size} bytes (truncated download?)"
+    return ""
+
+
+def check_model_dir(model_dir: str, pack: str = DEFAULT_PACK) -> list[str]:
+    """Check a pack folder before InsightFace touches it; returns its .onnx file names."""
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(
+            f"InsightFace model folder {model_dir} does not exist.\n"
+            f"Expected files: {_expected_files(pack)}.\n{_where_from(pack)}")
+    onnx_files = sorted(f for f in os.listdir(model_dir) if f.lower().endswith(".onnx"))
+    required = BUFFALO_L_REQUIRED if pack == DEFAULT_PACK else ()
+    missing = [f for f in required if f not in onnx_files]
+    if not onnx_files or missing:
+        what = ", ".join(missing) if missing else "any .onnx file"
+        raise FileNotFoundError(
+            f"InsightFace model folder {model_dir} lacks {what}.\n"
+            f"Expected files: {_expected_files(pack)}.\n{_where_from(pack)}")
+    broken = [(f, _looks_broken(os.path.join(model_dir, f))) for f in onnx_files]
+    broken = [f"{f} {why}" for f, why in broken if why]
+    if broken:
+        raise ValueError(
+            f"InsightFace model folder {model_dir}: " + "; ".join(broken) + ".\n" + _where_from(pack))
+    return onnx_files
+
+
+def resolve_providers(provider: str):
+    """ONNX Runtime execution providers and InsightFace ctx_id for "auto", "CPU" or "CUDA"."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    if provider not in PROVIDERS:
+        raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
+    has_cuda = "CUDAExecutionProvider" in available
+    if provider == "CUDA" and not has_cuda:
+        raise RuntimeError(
+            "provider CUDA was requested but this ONNX Runtime has no CUDA support "
+            f"(available: {', '.join(available)}). Install onnxruntime-gpu instead of onnxruntime, "
+            "or choose 'auto' or 'CPU'.")
+    if provider == "CUDA" or (provider == "auto" and has_cuda):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"], 0
+    return ["CPUExecutionProvider"], -1
+
+
+def check_det_size(det_size: int) -> int:
+    det_size = int(det_size)
+    if det_size < 160 or det_size > 2048 or det_size % 32:
+        raise ValueError(f"detection size {det_size} is not supported: use a multiple of 32 from 160 to 2048")
+    return det_size
+
+
+def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
+    """An RGB(A)/grey float image in 0..1 (HxWxC) as the BGR uint8 picture InsightFace expects.
+    Alpha is ignored (faces are looked for in the colour channels)."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    channels = image.shape[2]
+    if channels == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif channels == 4:
+        image = image[:, :, :3]
+    elif channels != 3:
+        raise ValueError(f"images with {channels} channels are not supported (use 1, 3 or 4)")
+    if image.dtype != np.uint8:
+        image = (np.clip(image.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return np.ascontiguousarray(image[:, :, ::-1])
+
+
+@dataclass(frozen=True)
+class AnalysedFace:
+    """A detection together with its L2-normalised ArcFace embedding (512 floats)."""
+
+    detection: Detection
+    embedding: np.ndarray
+
+
+class FaceAnalyser:
+    """An InsightFace detector + ArcFace recogniser, loaded once and reused.
+
+    detect(image, threshold) -> [Detection]; embed(image, [landmarks]) -> [N, 512] normalised;
+    get(image, threshold) -> [AnalysedFace] (both, like InsightFace's FaceAnalysis.get).
+    """
+
+    def __init__(self, model_dir: str, provider: str = "auto", det_size: int = DEFAULT_DET_SIZE,
+                 pack: str = DEFAULT_PACK):
+        from insightface.app import FaceAnalysis
+
+        self.model_dir = os.path.abspath(model_dir)
+        self.pack = pack
+        self.det_size = check_det_size(det_size)
+        self.provider = provider
+        self.files = check_model_dir(self.model_dir, pack)
+        self.providers, ctx_id = resolve_providers(provider)
+        try:
+            # An absolute folder as the name: InsightFace uses it as is and never downloads.
+            app = FaceAnalysis(name=self.model_dir, root=os.path.dirname(os.path.dirname(self.model_dir)),
+                               allowed_modules=["detection", "recognition"], providers=self.providers)
+            app.prepare(ctx_id=ctx_id, det_thresh=DEFAULT_THRESHOLD, det_size=(self.det_size, self.det_size))
+        except Exception as exc:  # ONNX Runtime and InsightFace raise bare errors on bad files
+            raise RuntimeError(
+                f"InsightFace could not load the model pack in {self.model_dir} "
+                f"({type(exc).__name__}: {exc}). Files there: {', '.join(self.files)}. "
+                f"{_where_from(pack)}") from exc
+        if "detection" not in app.models or "recognition" not in app.models:
+            found = ", ".join(sorted(app.models)) or "nothing"
+            raise RuntimeError(
+                f"InsightFace model pack in {self.model_dir} needs a detector and a recognition model; "
+                f"it recognised only: {found}. {_where_from(pack)}")
+        self._app = app
+        self.detector = app.models["detection"]
+        self.recognizer = app.models["recognition"]
+        self._lock = threading.Lock()
+
+    def __repr__(self):
+        return (f"FaceAnalyser({self.pack} from {self.model_dir}, providers={self.providers}, "
+                f"det_size={self.det_size})")
+
+    def _detector_input(self, image: np.ndarray):
+        """Shrink large photos with area averaging to the size SCRFD works at (SCRFD itself would
+        use bilinear resizing, which aliases). Returns (picture, x scale, y scale) to map back."""
+        height, width = image.shape[:2]
+        size = self.det_size
+        if height / width > 1.0:
+            new_h, new_w = size, max(1, int(round(size * width / height)))
+        else:
+            new_w, new_h = size, max(1, int(round(size * height / width)))
+        if new_w >= width or new_h >= height:
+            return image, 1.0, 1.0
+        small = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        return small, width / new_w, height / new_h
+
+    def detect(self, image_bgr: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> list[Detection]:
+        """All faces the detector scores at or above `threshold`, most confident first."""
+        picture, sx, sy = self._detector_input(image_bgr)
+        with self._lock:
+            self.detector.det_thresh = float(threshold)
+            boxes, kpss = self.detector.detect(picture, input_size=(self.det_size, self.det_size), max_num=0)
+        found = []
+        scale = np.array([sx, sy], dtype=np.float64)
+        for i in range(boxes.shape[0]):
+            if kpss is None:
+                raise RuntimeError(f"the detector in {self.model_dir} gives no landmarks; "
+                                   "a SCRFD model with keypoints (like det_10g.onnx) is needed")
+            box = boxes[i, :4].astype(np.float64).reshape(2, 2) * scale
+            kps = kpss[i].astype(np.float64).reshape(5, 2) * scale
+            found.append(Detection(box=box.reshape(4), landmarks=kps, score=float(boxes[i, 4])))
+        return found
+
+    def embed(self, image_bgr: np.ndarray, landmarks_list) -> np.ndarray:
+        """L2-normalised ArcFace embeddings [N, 512] (float32) of the faces at the given 5-point
+        landmarks, each cut with InsightFace's 112x112 norm_crop."""
+        crops = [arcface_crop(image_bgr, np.asarray(l, dtype=np.float64)) for l in landmarks_list]
+        if not crops:
+            return np.zeros((0, 512), dtype=np.float32)
+        with self._lock:
+            feats = np.asarray(self.recognizer.get_feat(crops), dtype=np.float64).reshape(len(crops), -1)
+        norms = np.linalg.norm(feats, axis=1, keepdims=True)
+        if np.any(norms == 0) or not np.all(np.isfinite(feats)):
+            raise RuntimeError("the recognition model returned an all-zero or non-finite embedding")
+        return (feats / norms).astype(np.float32)
+
+    def get(self, image_bgr: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> list[AnalysedFace]:
+        detections = self.detect(image_bgr, threshold)
+        embeddings = self.embed(image_bgr, [d.landmarks for d in detections])
+        return [AnalysedFace(d, e) for d, e in zip(detections, embeddings)]
+
+
+_CACHE: "OrderedDict[tuple, FaceAnalyser]" = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 4
+
+
+def _files_signature(model_dir: str):
+    sig = []
+    for name in sorted(os.listdir(model_dir)):
+        if name.lower().endswith(".onnx"):
+            st = os.stat(os.path.join(model_dir, name))
+            sig.append((name, st.st_size, st.st_mtime_ns))
+    return tuple(sig)
+
+
+def load_analyser(model_dir: str, provider: str = "auto", det_size: int = DEFAULT_DET_SIZE,
+                  pack: str = DEFAULT_PACK) -> FaceAnalyser:
+    """A FaceAnalyser, reused while the folder's files, the provider and the size are unchanged."""
+    model_dir = os.path.realpath(model_dir)
+    check_model_dir(model_dir, pack)
+    key = (model_dir, provider, int(det_size), pack, _files_signature(model_dir))
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            _CACHE.move_to_end(key)
+            return cached
+    analyser = FaceAnalyser(model_dir, provider=provider, det_size=det_size, pack=pack)
+    with _CACHE_LOCK:
+        _CACHE[key] = analyser
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return analyser
+
+
+def cache_info() -> int:
+    """How many analysers are loaded (for tests and diagnostics)."""
+    return len(_CACHE)
+
+
+@dataclass(frozen=True)
+class BoundAnalyser:
+    """A loaded analyser together with the detection threshold chosen where it was loaded (what the
+    pack's FACE_ANALYSIS values carry; the cached analyser itself is shared and holds no setting)."""
+
+    analyser: FaceAnalyser
+    threshold: float = DEFAULT_THRESHOLD
+
+    @property
+    def det_size(self) -> int:
+        return self.analyser.det_size
+
+
+# --- choosing faces -------------------------------------------------------------------------------
+
+def reading_order(detections: list[Detection]) -> list[Detection]:
+    """The documented order of faces within one image: left to right by box centre x, then top
+    to bottom by box centre y."""
+    return sorted(detections, key=lambda d: (round(d.centre[0], 3), round(d.centre[1], 3)))
+
+
+def largest(detections: list[Detection]) -> Detection:
+    """The face with the largest box area (the reference's choice); ties go to the first in
+    reading order."""
+    ordered = reading_order(detections)
+    return max(ordered, key=lambda d: d.area)
+
+
+def select_faces(detections: list[Detection], min_size: float = 0.0, max_faces: int = 0) -> list[Detection]:
+    """Drop faces smaller than `min_size` pixels (shorter box side), keep the `max_faces` largest
+    (0 = all), and return them in reading order."""
+    kept = [d for d in detections if d.size >= min_size]
+    if max_faces and len(kept) > max_faces:
+        kept = sorted(kept, key=lambda d: -d.area)[:max_faces]
+    return reading_order(kept)

@@ -1,0 +1,189 @@
+"""Paste-back: put edited face crops into their photos through the inverse of the alignment.
+
+Each crop comes with its face mask (crop space). The mask is feathered *inwards*: the blend
+weight is alpha = mask x smoothstep(d / feather), where d is the distance (crop pixels) from the
+pixel to the nearest pixel outside the mask or outside the crop. So alpha is exactly 0 on and
+outside the mask edge and reaches the mask value `feather` pixels inside it: no hard seam, and the
+crop never leaks beyond its mask.
+
+Crop and weight are mapped into the photo with the inverse similarity (Lanczos for the crop,
+bilinear for the weight; when the crop is more than twice the face's size in the photo it is first
+reduced with a Gaussian pyramid). Several faces are blended at once, order-independently: with
+weights alpha_i and warped crops c_i,
+
+    out = I * prod_i (1 - alpha_i)  +  (1 - prod_i (1 - alpha_i)) * (sum_i alpha_i c_i / sum_i alpha_i)
+
+which is the usual "over" blend for one face and, where faces overlap, shares the covered part
+between them in proportion to their weights. Wherever every alpha_i is 0 the photo is copied
+unchanged, bit for bit.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from .align import invert_affine, transform_points, transform_scale
+
+DEFAULT_FEATHER = 0.05  # of the crop side: 51 px at 1024
+
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def feathered_alpha(mask: np.ndarray, feather_px: float) -> np.ndarray:
+    """Blend weights in crop space from a face mask (SxS, values in 0..1)."""
+    mask = np.clip(np.asarray(mask, dtype=np.float32), 0.0, 1.0)
+    if feather_px <= 0:
+        return mask.copy()
+    region = (mask > 0).astype(np.uint8)
+    # A zero border makes the crop edge count as "outside" for the distance.
+    padded = cv2.copyMakeBorder(region, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    t = np.clip(dist / float(feather_px), 0.0, 1.0)
+    ramp = t * t * (3.0 - 2.0 * t)
+    return (mask * ramp).astype(np.float32)
+
+
+def _to_channels(crop: np.ndarray, channels: int) -> np.ndarray:
+    """An RGB crop in the channel layout of the photo (grey: luma; RGBA: colour channels only)."""
+    if crop.ndim == 2:
+        crop = crop[:, :, None]
+    if crop.shape[2] == channels or (channels == 4 and crop.shape[2] == 3):
+        return crop
+    if channels == 1 and crop.shape[2] == 3:
+        return (crop @ LUMA)[:, :, None].astype(np.float32)
+    if crop.shape[2] == 1 and channels in (3, 4):
+        return np.repeat(crop, 3, axis=2)
+    raise ValueError(f"cannot paste a {crop.shape[2]}-channel crop into a {channels}-channel image")
+
+
+def _paste_roi(matrix: np.ndarray, size: int, height: int, width: int):
+    corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], dtype=np.float64) - 0.5
+    pts = transform_points(corners, invert_affine(matrix))
+    x0 = max(int(math.floor(pts[:, 0].min())) - 2, 0)
+    y0 = max(int(math.floor(pts[:, 1].min())) - 2, 0)
+    x1 = min(int(math.ceil(pts[:, 0].max())) + 3, width)
+    y1 = min(int(math.ceil(pts[:, 1].max())) + 3, height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return x0, y0, x1, y1
+
+
+def warp_to_image(crop: np.ndarray, alpha: np.ndarray, matrix: np.ndarray, height: int, width: int):
+    """Map one crop and its blend weights into the photo. Returns (roi, crop_part, alpha_part)
+    where roi = (x0, y0, x1, y1) is the photo window they cover, or None if the crop misses it.
+    `matrix` is the image->crop transform for this crop's size."""
+    size = crop.shape[0]
+    roi = _paste_roi(matrix, size, height, width)
+    if roi is None:
+        return None
+    x0, y0, x1, y1 = roi
+    m = matrix.astype(np.float64).copy()
+    m[:, 2] += m[:, :2] @ np.array([x0, y0], dtype=np.float64)
+    src, weight = crop, alpha
+    scale = transform_scale(m)  # crop pixels per photo pixel
+    while scale > 2.0 and min(src.shape[:2]) >= 2:
+        src = cv2.pyrDown(src)
+        weight = cv2.pyrDown(weight)
+        m /= 2.0
+        scale /= 2.0
+    if src.ndim == 2:
+        src = src[:, :, None]
+    dsize = (x1 - x0, y1 - y0)
+    part = cv2.warpAffine(
+        np.ascontiguousarray(src), m, dsize,
+        flags=cv2.INTER_LANCZOS4 | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE,
+    )
+    if part.ndim == 2:
+        part = part[:, :, None]
+    np.clip(part, 0.0, 1.0, out=part)
+    a = cv2.warpAffine(
+        np.ascontiguousarray(weight), m, dsize,
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0,
+    )
+    np.clip(a, 0.0, 1.0, out=a)
+    return roi, part, a
+
+
+def paste_faces(image: np.ndarray, pieces) -> tuple[np.ndarray, np.ndarray]:
+    """Blend edited crops into one photo.
+
+    image: HxWxC float32 in 0..1 (C = 1, 3 or 4; with 4 the alpha channel is kept as it is).
+    pieces: iterable of (crop SxSx3 float32, alpha SxS float32 from feathered_alpha, image->crop
+    2x3 matrix for that S).
+    Returns (new image, coverage HxW float32 = 1 - prod(1 - alpha_i)). Pixels with coverage 0 are
+    bit-identical to the input.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    height, width, channels = image.shape
+    colour = 1 if channels == 1 else 3
+    warped = []
+    for crop, alpha, matrix in pieces:
+        crop = _to_channels(np.asarray(crop, dtype=np.float32), channels)[:, :, :colour]
+        got = warp_to_image(crop, np.asarray(alpha, dtype=np.float32), matrix, height, width)
+        if got is not None:
+            warped.append(got)
+    coverage = np.zeros((height, width), dtype=np.float32)
+    out = image.copy()
+    if not warped:
+        return out, coverage
+    ux0 = min(r[0] for r, _, _ in warped)
+    uy0 = min(r[1] for r, _, _ in warped)
+    ux1 = max(r[2] for r, _, _ in warped)
+    uy1 = max(r[3] for r, _, _ in warped)
+    shape = (uy1 - uy0, ux1 - ux0)
+    num = np.zeros(shape + (colour,), dtype=np.float64)
+    den = np.zeros(shape, dtype=np.float64)
+    keep = np.ones(shape, dtype=np.float64)
+    for (x0, y0, x1, y1), part, a in warped:
+        ys, xs = slice(y0 - uy0, y1 - uy0), slice(x0 - ux0, x1 - ux0)
+        num[ys, xs] += a[:, :, None].astype(np.float64) * part
+        den[ys, xs] += a
+        keep[ys, xs] *= 1.0 - a.astype(np.float64)
+    touched = den > 0
+    region = out[uy0:uy1, ux0:ux1, :colour].astype(np.float64)
+    blend = num / np.where(touched, den, 1.0)[:, :, None]
+    mixed = region * keep[:, :, None] + (1.0 - keep[:, :, None]) * blend
+    mixed = np.clip(mixed, 0.0, 1.0).astype(np.float32)
+    target = out[uy0:uy1, ux0:ux1, :colour]
+    target[touched] = mixed[touched]
+    coverage[uy0:uy1, ux0:ux1] = np.where(touched, 1.0 - keep, 0.0).astype(np.float32)
+    return out, coverage
+
+
+def mark_not_anonymized(image: np.ndarray, label: str = "NOT ANONYMIZED") -> np.ndarray:
+    """A visibly marked copy of a photo that is passed through without anonymization: a red frame
+    and, where the photo is tall enough, a red banner across the top carrying `label`.
+    (Grey images get a white frame and banner with black text.)"""
+    image = np.asarray(image, dtype=np.float32)
+    out = image.copy()
+    height, width, channels = out.shape
+    if channels == 1:
+        paint, ink = np.array([1.0], np.float32), np.array([0.0], np.float32)
+    else:
+        paint, ink = np.array([1.0, 0.0, 0.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32)
+    colour = 1 if channels == 1 else 3
+    frame = max(2, int(round(0.015 * min(height, width))))
+    frame = min(frame, max(1, min(height, width) // 4))
+    for region in (out[:frame], out[-frame:], out[:, :frame], out[:, -frame:]):
+        region[..., :colour] = paint
+        if channels == 4:
+            region[..., 3] = 1.0
+    banner = int(round(min(max(0.07 * height, 14), 60)))
+    if height >= 3 * banner and width >= 40:
+        out[:banner, :, :colour] = paint
+        if channels == 4:
+            out[:banner, :, 3] = 1.0
+        font = cv2.FONT_HERSHEY_SIMPLEX
+        thickness = max(1, banner // 14)
+        (tw, th), _ = cv2.getTextSize(label, font, 1.0, thickness)
+        fscale = min((banner * 0.6) / th, (width - 2 * frame - 8) / tw)
+        (tw, th), _ = cv2.getTextSize(label, font, fscale, thickness)
+        glyphs = np.zeros((banner, width), dtype=np.uint8)
+        org = (max(frame + 4, (width - tw) // 2), (banner + th) // 2)
+        cv2.putText(glyphs, label, org, font, fscale, 255, thickness, cv2.LINE_AA)
+        weight = (glyphs.astype(np.float32) / 255.0)[:, :, None]
+        strip = out[:banner, :, :colour]
+        out[:banner, :, :colour] = strip * (1.0 - weight) + ink * weight
+    return out

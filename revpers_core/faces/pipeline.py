@@ -1,0 +1,296 @@
+"""The face stages end to end, on plain numpy images (HxWxC float32 RGB in 0..1, C = 1, 3 or 4):
+detect and align every face of a batch, embed faces, paste edited crops back. Fail closed: an
+image without the faces it should have stops the run with a message saying what to try, unless
+the caller explicitly asks to pass such images through, in which case they are recorded in the
+FaceSet and marked visibly by paste-back.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .align import (DEFAULT_CROP_SIZE, DEFAULT_PADDING, DEFAULT_VSHIFT, align_face, check_crop_size,
+                    check_padding, face_mask)
+from .analysis import FaceAnalyser, largest, select_faces, to_bgr_uint8
+from .paste import DEFAULT_FEATHER, feathered_alpha, mark_not_anonymized, paste_faces
+from .records import FaceRecord, FaceSet
+
+log = logging.getLogger("revpers.faces")
+
+ON_NO_FACE = ("error", "pass through (marked)")
+PLACEHOLDER_GREY = 0.5
+
+
+def _colour(image: np.ndarray) -> np.ndarray:
+    """The RGB part of a photo as float32 HxWx3 (grey is repeated, alpha dropped)."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    c = image.shape[2]
+    if c == 1:
+        return np.repeat(image, 3, axis=2)
+    if c == 4:
+        return image[:, :, :3]
+    if c != 3:
+        raise ValueError(f"images with {c} channels are not supported (use 1, 3 or 4)")
+    return image
+
+
+def _no_face_advice(threshold: float, det_size: int, min_size: float) -> str:
+    return (f"Try: a lower detection threshold (now {threshold:.2f}); a larger detection size in the "
+            f"face analysis loader for small faces (now {det_size}); a smaller minimum face size "
+            f"(now {min_size:g} px). Or set on_no_face to 'pass through (marked)' to let such images "
+            f"through with a visible NOT ANONYMIZED mark.")
+
+
+def detect_and_align(analyser: FaceAnalyser, images, crop_size: int = DEFAULT_CROP_SIZE,
+                     padding: float = DEFAULT_PADDING, vshift: float = DEFAULT_VSHIFT,
+                     threshold: float = 0.5, min_size: float = 20.0, max_faces: int = 0,
+                     expected_faces: int = 0, on_no_face: str = "error", on_step=None):
+    """Find and align the faces of every image (detection by `analyser`, then `align_detections`).
+
+    Returns (FaceSet, crops [F, S, S, 3] float32, masks [F, S, S] float32); see align_detections.
+    """
+    check_crop_size(crop_size)
+    check_padding(padding)
+    if on_no_face not in ON_NO_FACE:
+        raise ValueError(f"on_no_face must be one of {ON_NO_FACE}, not {on_no_face!r}")
+    if max_faces and expected_faces and expected_faces > max_faces:
+        raise ValueError(f"expected_faces ({expected_faces}) is larger than max_faces ({max_faces}): "
+                         f"no image could satisfy both")
+    images = list(images)
+    found = []
+    for index, image in enumerate(images):
+        if on_step is not None:
+            on_step(index, len(images))
+        found.append(select_faces(analyser.detect(to_bgr_uint8(_colour(image)), threshold), min_size, max_faces))
+    if on_step is not None:
+        on_step(len(images), len(images))
+    advice = _no_face_advice(threshold, analyser.det_size, min_size)
+    return align_detections(images, found, crop_size, padding, vshift, expected_faces, on_no_face, advice)
+
+
+def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, padding: float = DEFAULT_PADDING,
+                     vshift: float = DEFAULT_VSHIFT, expected_faces: int = 0, on_no_face: str = "error",
+                     advice: str = ""):
+    """Align given detections (per image, in the order wanted) and apply the fail-closed policy.
+
+    expected_faces: the number each image must yield at least (0 means at least one). An image with
+    fewer raises ValueError (on_no_face "error") or is recorded as passed through (on_no_face
+    "pass through (marked)"). When no image has a face at all, crops and masks hold one grey
+    placeholder with an empty mask and FaceSet.placeholder is True.
+    Returns (FaceSet, crops [F, S, S, 3] float32, masks [F, S, S] float32).
+    """
+    crop_size = check_crop_size(crop_size)
+    padding = check_padding(padding)
+    if on_no_face not in ON_NO_FACE:
+        raise ValueError(f"on_no_face must be one of {ON_NO_FACE}, not {on_no_face!r}")
+    images = list(images)
+    if not images:
+        raise ValueError("no images were given")
+    if len(detections) != len(images):
+        raise ValueError(f"{len(detections)} detection lists for {len(images)} images")
+    need = max(1, int(expected_faces))
+    sizes, records, crops, passed = [], [], [], {}
+    for index, (image, found) in enumerate(zip(images, detections)):
+        rgb = _colour(image)
+        height, width = rgb.shape[:2]
+        sizes.append((height, width))
+        if len(found) < need:
+            what = "no face" if not found else f"only {len(found)} face(s)"
+            reason = (f"{what} found where at least {need} {'was' if need == 1 else 'were'} expected "
+                      f"(image {index}, {width}x{height})")
+            if on_no_face == "error":
+                raise ValueError(f"Face detection: {reason}; nothing was anonymized. {advice}".rstrip())
+            passed[index] = reason
+            log.warning("revpers: image %d passed through NOT anonymized: %s", index, reason)
+        for det in found:
+            crop, matrix = align_face(rgb, det.landmarks, crop_size, padding, vshift)
+            crops.append(crop)
+            records.append(FaceRecord(
+                image_index=index, box=np.asarray(det.box, dtype=np.float64).copy(),
+                landmarks=np.asarray(det.landmarks, dtype=np.float64).copy(), transform=matrix,
+                score=float(det.score), crop_size=crop_size, image_size=(height, width), padding=padding,
+                vshift=vshift))
+    faceset = FaceSet(faces=records, image_sizes=sizes, crop_size=crop_size, padding=padding,
+                      vshift=vshift, passed_through=passed, placeholder=not records)
+    if not records:
+        crops_arr = np.full((1, crop_size, crop_size, 3), PLACEHOLDER_GREY, dtype=np.float32)
+        masks_arr = np.zeros((1, crop_size, crop_size), dtype=np.float32)
+    else:
+        crops_arr = np.stack(crops).astype(np.float32)
+        masks_arr = np.repeat(face_mask(crop_size, padding, vshift)[None], len(records), axis=0)
+    return faceset, crops_arr, masks_arr
+
+
+def paste_back(images, crops, faceset: FaceSet, masks=None, feather: float = DEFAULT_FEATHER, on_step=None):
+    """Put edited crops back into their images.
+
+    images: the photos DetectAlign was given (same count and sizes); crops [F, S', S', 3] in the
+    FaceSet's order (any S': the transforms are rescaled); masks [F, S'', S''] or None for the
+    standard face masks; feather: the width of the soft edge as a fraction of the crop side.
+    Images recorded as passed through are marked NOT ANONYMIZED. Returns (images, coverage masks,
+    warning text).
+    """
+    images = [np.asarray(im, dtype=np.float32) for im in images]
+    if len(images) != faceset.image_count:
+        raise ValueError(f"paste-back got {len(images)} image(s) but the faces were found in "
+                         f"{faceset.image_count}: connect the same images that went into detection")
+    for i, (im, (h, w)) in enumerate(zip(images, faceset.image_sizes)):
+        if im.shape[:2] != (h, w):
+            raise ValueError(f"image {i} is {im.shape[1]}x{im.shape[0]} but its faces were found in a "
+                             f"{w}x{h} image: connect the same images that went into detection")
+    if not 0.0 <= feather <= 0.5:
+        raise ValueError(f"feather {feather} is out of range: use 0 (hard edge) to 0.5 of the crop side")
+    crops = np.asarray(crops, dtype=np.float32)
+    if crops.ndim != 4:
+        raise ValueError(f"crops must be a batch [F, S, S, C], got shape {crops.shape}")
+    if crops.shape[1] != crops.shape[2]:
+        raise ValueError(f"crops must be square, got {crops.shape[2]}x{crops.shape[1]}")
+    n = len(faceset.faces)
+    if not faceset.placeholder and crops.shape[0] != n:
+        raise ValueError(f"paste-back got {crops.shape[0]} crop(s) for {n} detected face(s): the crops "
+                         f"must be the ones DetectAlign produced, in the same order")
+    if masks is not None:
+        masks = np.asarray(masks, dtype=np.float32)
+        if masks.ndim == 2:
+            masks = masks[None]
+        if not faceset.placeholder and masks.shape[0] not in (1, n):
+            raise ValueError(f"paste-back got {masks.shape[0]} mask(s) for {n} face(s)")
+    size = crops.shape[1]
+    default_alpha = None
+    outs, coverages = [], []
+    for index, image in enumerate(images):
+        if on_step is not None:
+            on_step(index, len(images))
+        pieces = []
+        for k in faceset.faces_of(index):
+            if masks is None:
+                if default_alpha is None:
+                    mask = face_mask(size, faceset.padding, faceset.vshift)
+                    default_alpha = feathered_alpha(mask, feather * size)
+                alpha = default_alpha
+            else:
+                m = masks[k if masks.shape[0] > 1 else 0]
+                if m.shape != (size, size):
+                    import cv2
+                    m = cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR)
+                alpha = feathered_alpha(m, feather * size)
+            pieces.append((crops[k, :, :, :3], alpha, faceset.faces[k].transform_for(size)))
+        out, coverage = paste_faces(image, pieces)
+        if index in faceset.passed_through:
+            out = mark_not_anonymized(out)
+        outs.append(out)
+        coverages.append(coverage)
+    if on_step is not None:
+        on_step(len(images), len(images))
+    return outs, coverages, faceset.warning()
+
+
+def embed_images(analyser: FaceAnalyser, images, threshold: float = 0.5, select: str = "largest"):
+    """One embedding per image from detection, as the reference does (largest face by default).
+
+    select: "largest" (box area), "leftmost" (first in reading order) or "most confident".
+    Returns ([N, 512] float32, [Detection]). No face in an image is an error.
+    """
+    rows, chosen = [], []
+    for index, image in enumerate(images):
+        bgr = to_bgr_uint8(_colour(image))
+        found = analyser.detect(bgr, threshold)
+        if not found:
+            h, w = bgr.shape[:2]
+            raise ValueError(
+                f"ArcFace embedding: no face found in image {index} ({w}x{h}); cannot take its identity. "
+                f"Try a lower detection threshold (now {threshold:.2f}) or a larger detection size in "
+                f"the face analysis loader (now {analyser.det_size}).")
+        if select == "largest":
+            det = largest(found)
+        elif select == "leftmost":
+            det = select_faces(found)[0]
+        elif select == "most confident":
+            det = max(found, key=lambda d: d.score)
+        else:
+            raise ValueError(f"unknown face selection {select!r}")
+        rows.append(analyser.embed(bgr, [det.landmarks])[0])
+        chosen.append(det)
+    return np.stack(rows).astype(np.float32), chosen
+
+
+def embed_aligned(analyser: FaceAnalyser, crops, faceset: FaceSet):
+    """Embeddings of aligned crops from their recorded landmarks, without a second detection.
+    crops [F, S, S, C] in the FaceSet's order (resized crops are fine). Returns [F, 512]; for a
+    placeholder FaceSet (no face anywhere, pass-through mode) one all-zero row: the null identity."""
+    crops = np.asarray(crops, dtype=np.float32)
+    if faceset.placeholder:
+        return np.zeros((1, 512), dtype=np.float32)
+    if crops.ndim != 4 or crops.shape[0] != len(faceset.faces):
+        raise ValueError(f"got {crops.shape[0] if crops.ndim == 4 else crops.shape} crop(s) for "
+                         f"{len(faceset.faces)} face(s): with faces connected, the image input must be "
+                         f"the crops DetectAlign made from them, in the same order")
+    if crops.shape[1] != crops.shape[2]:
+        raise ValueError(f"crops must be square, got {crops.shape[2]}x{crops.shape[1]}")
+    size = crops.shape[1]
+    rows = []
+    for crop, record in zip(crops, faceset.faces):
+        bgr = to_bgr_uint8(_colour(crop))
+        rows.append(analyser.embed(bgr, [record.crop_landmarks(size)])[0])
+    return np.stack(rows).astype(np.float32)
+
+
+def _embed_for_check(analyser: FaceAnalyser, images, faceset: FaceSet | None, threshold: float, what: str):
+    """Embeddings of a batch for the anonymity check: from the recorded landmarks when faces are
+    given, else of the largest detected face per image. Returns (rows [N, 512], {row: reason})."""
+    images = [np.asarray(im, dtype=np.float32) for im in images]
+    if faceset is not None:
+        return embed_aligned(analyser, np.stack(images), faceset), {}
+    rows, missing = [], {}
+    for index, image in enumerate(images):
+        bgr = to_bgr_uint8(_colour(image))
+        found = analyser.detect(bgr, threshold)
+        if not found:
+            missing[index] = f"no face found in {what} image {index}"
+            rows.append(np.zeros(512, dtype=np.float32))
+            continue
+        rows.append(analyser.embed(bgr, [largest(found).landmarks])[0])
+    return np.stack(rows).astype(np.float32), missing
+
+
+def check_anonymity(analyser: FaceAnalyser, anonymized, original=None, original_embeddings=None,
+                    faceset: FaceSet | None = None, threshold: float = 0.30, detect_threshold: float = 0.5):
+    """Per-face ArcFace similarity between original and anonymized faces.
+
+    anonymized: anonymized crops (with `faceset`: the crops of those faces, in order) or photos
+    (then the largest face of each is measured). The original side is `original_embeddings`
+    ([N, 512] or [1, 512]) if given, else `original` images treated like `anonymized`. Faces that
+    cannot be measured, and images the FaceSet records as passed through unanonymized, are listed
+    as failures. Returns an AnonymityReport.
+    """
+    from .metrics import AnonymityReport, FaceCheck, build_report
+
+    if faceset is not None and faceset.placeholder:
+        report = AnonymityReport(threshold=float(threshold))
+    else:
+        anon, missing = _embed_for_check(analyser, anonymized, faceset, detect_threshold, "anonymized")
+        if original_embeddings is not None:
+            orig = np.atleast_2d(np.asarray(original_embeddings, dtype=np.float32))
+            orig_missing = {}
+        elif original is not None:
+            orig, orig_missing = _embed_for_check(analyser, original, faceset, detect_threshold, "original")
+        else:
+            raise ValueError("the anonymity check needs the original faces: connect either the original "
+                             "images/crops or their identity embeddings")
+        if orig.shape[0] not in (1, anon.shape[0]):
+            raise ValueError(f"cannot pair {orig.shape[0]} original face(s) with {anon.shape[0]} anonymized "
+                             f"face(s): give one original per anonymized face, or a single one for all")
+        if orig.shape[0] == 1 and orig_missing:
+            missing = {i: orig_missing[0] for i in range(anon.shape[0])}
+        else:
+            missing = {**orig_missing, **missing}
+        indices = [f.image_index for f in faceset.faces] if faceset is not None else None
+        report = build_report(orig, anon, threshold, image_indices=indices, missing=missing)
+    if faceset is not None:
+        for image_index, reason in sorted(faceset.passed_through.items()):
+            report.faces.append(FaceCheck(len(report.faces), None, image_index,
+                                          f"image passed through NOT anonymized: {reason}"))
+    return report

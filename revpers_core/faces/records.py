@@ -1,0 +1,126 @@
+"""Plain records that travel between the face stages.
+
+`Detection` is what the analyser finds in one image. `FaceRecord` is one detected face after
+alignment: everything paste-back needs to put an edited crop where it came from. `FaceSet` is the
+whole batch: the faces in a fixed order, the sizes of the images they came from, and the images
+that yielded no face and were passed through on the user's explicit request (never silently).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One face found by the detector, in the pixel coordinates of the image it was found in.
+
+    box: (x1, y1, x2, y2); landmarks: 5x2 (left eye, right eye, nose tip, left and right mouth
+    corner, as seen in the picture); score: the detector's confidence in [0, 1].
+    """
+
+    box: np.ndarray
+    landmarks: np.ndarray
+    score: float
+
+    @property
+    def width(self) -> float:
+        return float(self.box[2] - self.box[0])
+
+    @property
+    def height(self) -> float:
+        return float(self.box[3] - self.box[1])
+
+    @property
+    def area(self) -> float:
+        return max(self.width, 0.0) * max(self.height, 0.0)
+
+    @property
+    def size(self) -> float:
+        """Face size used by the minimum-size filter: the shorter side of the box."""
+        return min(self.width, self.height)
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return (float(self.box[0] + self.box[2]) / 2.0, float(self.box[1] + self.box[3]) / 2.0)
+
+
+@dataclass(frozen=True)
+class FaceRecord:
+    """One aligned face: where it is in its image and how its crop was cut.
+
+    transform is the 2x3 similarity matrix from image pixels to crop pixels (crop = M @ [x, y, 1]);
+    crop_size is the side of the square crop it was made for; image_size is (height, width) of the
+    source image; padding and vshift are the template parameters the crop was made with.
+    """
+
+    image_index: int
+    box: np.ndarray
+    landmarks: np.ndarray
+    transform: np.ndarray
+    score: float
+    crop_size: int
+    image_size: tuple[int, int]
+    padding: float
+    vshift: float
+
+    def crop_landmarks(self, crop_size: int | None = None) -> np.ndarray:
+        """The landmarks in crop pixels, for a crop of `crop_size` (default: the size cut)."""
+        pts = self.landmarks @ self.transform[:, :2].T + self.transform[:, 2]
+        if crop_size is not None and crop_size != self.crop_size:
+            pts = pts * (float(crop_size) / float(self.crop_size))
+        return pts
+
+    def transform_for(self, crop_size: int) -> np.ndarray:
+        """The image-to-crop matrix for the same crop resampled to `crop_size` pixels."""
+        if crop_size == self.crop_size:
+            return self.transform.copy()
+        return self.transform * (float(crop_size) / float(self.crop_size))
+
+
+@dataclass
+class FaceSet:
+    """All faces of an image batch, in the documented order (image index, then left to right by
+    box centre x, then top to bottom by box centre y).
+
+    passed_through maps an image index to the reason it has fewer faces than required; such
+    images exist only when the user chose on_no_face = "pass through (marked)", and paste-back
+    marks them visibly. placeholder is True when no image yielded any face, so the crop batch
+    holds a single grey placeholder crop (ComfyUI has no empty IMAGE batch) that paste-back
+    ignores.
+    """
+
+    faces: list[FaceRecord]
+    image_sizes: list[tuple[int, int]]
+    crop_size: int
+    padding: float
+    vshift: float
+    passed_through: dict[int, str] = field(default_factory=dict)
+    placeholder: bool = False
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    @property
+    def image_count(self) -> int:
+        return len(self.image_sizes)
+
+    def faces_of(self, image_index: int) -> list[int]:
+        """Indices (into faces and the crop batch) of the faces of one image."""
+        return [i for i, f in enumerate(self.faces) if f.image_index == image_index]
+
+    @property
+    def crop_count(self) -> int:
+        """How many crops the matching crop batch holds (1 for the placeholder)."""
+        return 1 if self.placeholder else len(self.faces)
+
+    def warning(self) -> str:
+        """A readable account of the images passed through unanonymized ("" when none)."""
+        if not self.passed_through:
+            return ""
+        lines = [
+            f"WARNING: image {i} was NOT anonymized: {reason}"
+            for i, reason in sorted(self.passed_through.items())
+        ]
+        return "\n".join(lines)
