@@ -1,0 +1,136 @@
+"""Detect-and-align and paste-back nodes: photos in, aligned face crops out, edited crops back in."""
+import logging
+
+from revpers_core.faces import align, paste, pipeline
+
+from . import _images
+from .common import FACE_ANALYSIS, FACES, Progress, category
+
+log = logging.getLogger("revpers")
+
+
+class RevPersDetectAlign:
+    DESCRIPTION = (
+        "Finds every face in each image and cuts an upright, aligned square crop of it: the five landmarks "
+        "are mapped by a similarity transform onto InsightFace's ArcFace template, placed in the crop with "
+        "room for forehead and chin (the face square is moved down 5 % and grown by 'padding' on each "
+        "side; default 0.15 frames faces like the reference's 1024 px crops). Faces are ordered by image, "
+        "then left to right, then top to bottom. Outputs the crops, the face records Paste Back needs, "
+        "and each crop's face mask. An image without the faces expected stops the run (default) or, if "
+        "you choose 'pass through (marked)', goes through unanonymized and is marked NOT ANONYMIZED by "
+        "Paste Back; if no image has a face, the crops output holds one grey placeholder.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "analysis": (FACE_ANALYSIS, {"tooltip": "From Face Analysis Loader."}),
+                "images": ("IMAGE", {"tooltip": "Photos (any size; grey, RGB or RGBA)."}),
+                "crop_size": ("INT", {
+                    "default": align.DEFAULT_CROP_SIZE, "min": align.MIN_CROP_SIZE,
+                    "max": align.MAX_CROP_SIZE, "step": 8,
+                    "tooltip": "Side of the square face crops in pixels (multiple of 8). 1024 for SDXL."}),
+                "padding": ("FLOAT", {
+                    "default": align.DEFAULT_PADDING, "min": 0.0, "max": 1.0, "step": 0.01,
+                    "tooltip": "Room around the face square on each side, as a fraction of it. 0 = tight "
+                               "ArcFace framing; 0.15 = whole face with hair line and chin."}),
+                "threshold": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 0.99, "step": 0.01,
+                    "tooltip": "Detection score a face needs; 0 = use the Face Analysis Loader's threshold."}),
+                "min_face_size": ("INT", {
+                    "default": 20, "min": 0, "max": 8192,
+                    "tooltip": "Ignore faces whose detected box is smaller than this (shorter side, pixels)."}),
+                "max_faces": ("INT", {
+                    "default": 0, "min": 0, "max": 256,
+                    "tooltip": "Keep at most this many faces per image, the largest ones (0 = all)."}),
+                "expected_faces": ("INT", {
+                    "default": 0, "min": 0, "max": 256,
+                    "tooltip": "Each image must yield at least this many faces (0 = at least one). "
+                               "Fewer is handled by on_no_face."}),
+                "on_no_face": (list(pipeline.ON_NO_FACE), {
+                    "default": "error",
+                    "tooltip": "When an image has no face (or fewer than expected): stop with an error, or "
+                               "let it through unanonymized, visibly marked NOT ANONYMIZED by Paste Back "
+                               "and reported in the warning output."}),
+            }
+        }
+
+    RETURN_TYPES = ("IMAGE", FACES, "MASK", "STRING")
+    RETURN_NAMES = ("crops", "faces", "masks", "warning")
+    OUTPUT_TOOLTIPS = (
+        "Aligned face crops [F, S, S, 3], in face order.",
+        "Face records (image index, box, landmarks, transform, score, sizes) for Paste Back.",
+        "Face region of each crop [F, S, S].",
+        "Empty, or which images were passed through unanonymized and why.",
+    )
+    FUNCTION = "detect"
+    CATEGORY = category("Faces")
+
+    def detect(self, analysis, images, crop_size, padding, threshold, min_face_size, max_faces,
+               expected_faces, on_no_face):
+        batch = _images.image_batch(images, "images")
+        threshold = float(threshold) if threshold > 0 else analysis.threshold
+        faces, crops, masks = pipeline.detect_and_align(
+            analysis.analyser, batch, crop_size=crop_size, padding=padding, threshold=threshold,
+            min_size=float(min_face_size), max_faces=int(max_faces), expected_faces=int(expected_faces),
+            on_no_face=on_no_face, on_step=Progress(len(batch)))
+        warning = faces.warning()
+        if warning:
+            log.warning("revpers: %s", warning.replace("\n", "; "))
+        return (_images.to_image(crops), faces, _images.to_mask(masks), warning)
+
+
+class RevPersPasteBack:
+    DESCRIPTION = (
+        "Puts edited face crops back into their photos through the inverse of the alignment, blended with "
+        "each crop's face mask feathered inwards, so there is no seam; several faces per photo, overlaps "
+        "shared by weight. Pixels outside the masks are left exactly as they were. Photos that Detect and "
+        "Align passed through without a face are returned with a red NOT ANONYMIZED frame and banner.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The photos that went into Detect and Align Faces."}),
+                "crops": ("IMAGE", {"tooltip": "The edited (anonymized) crops, in face order; any square size."}),
+                "faces": (FACES, {"tooltip": "From Detect and Align Faces."}),
+                "feather": ("FLOAT", {
+                    "default": paste.DEFAULT_FEATHER, "min": 0.0, "max": 0.5, "step": 0.005,
+                    "tooltip": "Width of the soft edge inside the mask, as a fraction of the crop side "
+                               "(0.05 = 51 px on a 1024 crop). 0 = hard edge."}),
+            },
+            "optional": {
+                "masks": ("MASK", {"tooltip": "Replace the standard face masks (crop space, one per face "
+                                              "or one for all). Default: the masks Detect and Align made."}),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE", "MASK", "STRING")
+    RETURN_NAMES = ("images", "coverage", "warning")
+    OUTPUT_TOOLTIPS = (
+        "The photos with the crops pasted back.",
+        "How much of each pixel came from the crops (0 = untouched).",
+        "Empty, or which photos were passed through unanonymized and why.",
+    )
+    FUNCTION = "paste"
+    CATEGORY = category("Faces")
+
+    def paste(self, images, crops, faces, feather, masks=None):
+        batch = _images.image_batch(images, "images")
+        crop_batch = _images.image_array(crops, "crops")
+        outs, coverage, warning = pipeline.paste_back(
+            batch, crop_batch, faces, masks=_images.mask_batch(masks, "masks"),
+            feather=float(feather), on_step=Progress(len(batch)))
+        if warning:
+            log.warning("revpers: %s", warning.replace("\n", "; "))
+        return (_images.to_image(outs), _images.to_mask(coverage), warning)
+
+
+NODE_CLASS_MAPPINGS = {
+    "RevPersDetectAlign": RevPersDetectAlign,
+    "RevPersPasteBack": RevPersPasteBack,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "RevPersDetectAlign": "Detect and Align Faces (RevPers)",
+    "RevPersPasteBack": "Paste Back Faces (RevPers)",
+}
