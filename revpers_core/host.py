@@ -73,6 +73,7 @@ class ComfyHost:
         self.input_dir = Path(input_dir).resolve() if input_dir else None
         self.output_dir = Path(output_dir).resolve() if output_dir else None
         self.log_path = Path(log_path) if log_path else None
+        self._default_log = log_path is None
         self.startup_timeout = startup_timeout
         self.env = env
         self.process = None
@@ -97,11 +98,13 @@ class ComfyHost:
             cmd += ["--input-directory", str(self.input_dir)]
         if self.output_dir is not None:
             cmd += ["--output-directory", str(self.output_dir)]
-        if "--temp-directory" not in self.extra_args:
+        if "--temp-directory" not in self.extra_args and self._workdir is not None:
             cmd += ["--temp-directory", str(self._workdir)]
         return cmd + self.extra_args
 
     def _write_model_paths(self):
+        if self._workdir is None:
+            self._workdir = str(Path(tempfile.mkdtemp(prefix="revpers-host-")).resolve())
         path = Path(self._workdir) / "extra_model_paths.yaml"
         lines = ["revpers_models:", f"    base_path: {_yaml_quote(self.models_dir)}"]
         lines += [f"    {name}: {name}" for name in MODEL_FOLDERS]
@@ -112,13 +115,14 @@ class ComfyHost:
         """Start the server and wait until it answers /system_stats; returns self."""
         if self.running:
             return self
-        self._workdir = str(Path(tempfile.mkdtemp(prefix="revpers-host-")).resolve())
+        if self._workdir is None:
+            self._workdir = str(Path(tempfile.mkdtemp(prefix="revpers-host-")).resolve())
         for d in (self.input_dir, self.output_dir):
             if d is not None:
                 d.mkdir(parents=True, exist_ok=True)
         if self.port is None:
             self.port = free_port(self.listen)
-        if self.log_path is None:
+        if self._default_log:
             self.log_path = Path(self._workdir) / "comfyui.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ if self.env is None else self.env)
