@@ -1,0 +1,578 @@
+"""revpers: anonymize the faces in a photo from the command line, through a ComfyUI server.
+
+    revpers anonymize photo.jpg -o anonymized.png            # starts the local ComfyUI, runs, stops it
+    revpers anonymize photo.jpg -o out.png --server http://127.0.0.1:8188   # your running ComfyUI
+    revpers anonymize photo.jpg -o out.png --standin-weights # installation check on random weights
+    revpers models                                           # download the real model files
+    revpers models --check                                   # list what is missing, verify checksums
+
+`anonymize` runs the shipped API-format workflow "anonymize every face in a photo": it sets the
+knobs below on the workflow's nodes (found by class_type, see KNOBS), uploads the photo, queues the
+graph, shows a progress bar per node from the server's websocket, downloads the result and prints
+the anonymity check. Failures exit non-zero with the server's own message.
+"""
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from . import models as model_registry
+
+REPO = Path(__file__).resolve().parent.parent
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISSING, EXIT_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+WORKFLOW_CANDIDATES = ("workflows/api/anonymize_photo.json", "workflows/anonymize_photo_api.json")
+
+# What each option sets: every node of that class_type in the workflow that has that input (as a
+# literal, not a link) gets the value. An option given on the command line must set at least one.
+KNOBS = {
+    "image": [("LoadImage", "image")],
+    "checkpoint": [("CheckpointLoaderSimple", "ckpt_name")],
+    "adapter": [("RevPersFaceIDAdapterLoader", "adapter_name")],
+    # the reference inverts with the sampler's guidance scale, so one option sets both
+    "guidance": [("RevPersAnonymizedSampler", "guidance"), ("RevPersInvert", "guidance")],
+    "skip": [("RevPersInvert", "skip")],
+    "steps": [("RevPersInvert", "steps")],
+    "seed": [("RevPersInvert", "seed")],
+    "attribute": [("RevPersAttributeText", "text")],
+    "faces": [("RevPersDetectAlign", "max_faces")],  # all -> 0, largest -> 1, N -> the N largest
+    "crop_size": [("RevPersDetectAlign", "crop_size")],
+    "filename_prefix": [("SaveImage", "filename_prefix")],
+}
+OUTPUT_CLASS = "SaveImage"
+CHECK_CLASS = "RevPersAnonymityCheck"
+
+STANDIN_CHECKPOINT = {"sdxl": "revpers-standin-sdxl.safetensors", "sd15": "revpers-standin-sd15.safetensors"}
+STANDIN_ADAPTER = {"sdxl": "ip-adapter-faceid_sdxl.bin", "sd15": "ip-adapter-faceid_sd15.bin"}
+# Small defaults for the installation check (random weights, CPU): options given explicitly win.
+STANDIN_DEFAULTS = {"steps": 4, "crop_size": 256}
+
+BANNER = """\
+################################################################################################
+#  STAND-IN WEIGHTS: every model in this run has RANDOM values. This checks that the           #
+#  installation works end to end. The output is NOT an anonymization and protects nobody.      #
+################################################################################################"""
+
+
+class CliError(Exception):
+    """A failure with a readable message and an exit code."""
+
+    def __init__(self, message, code=EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+def _say(*lines):
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
+
+
+# --- the workflow --------------------------------------------------------------------------------
+
+def find_workflow(path=None):
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise CliError(f"the workflow {p} does not exist", EXIT_USAGE)
+        return p
+    for rel in WORKFLOW_CANDIDATES:
+        if (REPO / rel).is_file():
+            return REPO / rel
+    raise CliError("no API-format workflow found (looked for "
+                   + ", ".join(str(REPO / r) for r in WORKFLOW_CANDIDATES) + "); give one with --workflow FILE",
+                   EXIT_USAGE)
+
+
+def load_workflow(path):
+    try:
+        graph = json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise CliError(f"the workflow {path} is not valid JSON: {e}", EXIT_USAGE)
+    if isinstance(graph, dict) and "nodes" in graph and "links" in graph:
+        raise CliError(f"{path} is a UI-format workflow (for dragging into ComfyUI); give the API-format "
+                       "one (File > Export (API) in ComfyUI, or workflows/api/ in this repository)", EXIT_USAGE)
+    if not isinstance(graph, dict) or not all(isinstance(n, dict) and "class_type" in n for n in graph.values()):
+        raise CliError(f"{path} is not an API-format workflow ({{node id: {{class_type, inputs}}}})", EXIT_USAGE)
+    return graph
+
+
+def nodes_of(graph, class_type):
+    return [nid for nid, node in graph.items() if node.get("class_type") == class_type]
+
+
+def apply_knobs(graph, values, soft=()):
+    """A copy of `graph` with every knob in `values` (None = keep the workflow's) set on its nodes.
+    Raises CliError naming the knobs the workflow has no place for (except those in `soft`:
+    defaults of ours that apply only where the workflow has the input)."""
+    graph = json.loads(json.dumps(graph))
+    unplaced = []
+    for knob, value in values.items():
+        if value is None:
+            continue
+        placed = 0
+        for class_type, input_name in KNOBS[knob]:
+            for nid in nodes_of(graph, class_type):
+                inputs = graph[nid].setdefault("inputs", {})
+                if isinstance(inputs.get(input_name), list):
+                    continue  # wired to another node: not a knob here
+                if input_name in inputs or class_type in ("LoadImage", "SaveImage"):
+                    inputs[input_name] = value
+                    placed += 1
+        if not placed and knob not in soft:
+            where = " or ".join(f"{c}.{i}" for c, i in KNOBS[knob])
+            unplaced.append(f"--{knob.replace('_', '-')} (the workflow has no {where})")
+    if unplaced:
+        raise CliError("this workflow cannot take these options: " + "; ".join(unplaced), EXIT_USAGE)
+    return graph
+
+
+def check_against_server(graph, object_info, entries):
+    """Before any work: every node type exists on the server, and every file-choice input names a
+    file the server has. Returns (unknown node types, [MissingFile-like lines])."""
+    unknown = sorted({n["class_type"] for n in graph.values() if n["class_type"] not in object_info})
+    by_name = {e.name: e for e in entries}
+    missing = []
+    for nid, node in graph.items():
+        spec = object_info.get(node["class_type"])
+        if spec is None:
+            continue
+        declared = {**spec.get("input", {}).get("required", {}), **spec.get("input", {}).get("optional", {})}
+        for name, value in node.get("inputs", {}).items():
+            if isinstance(value, list) or name not in declared or node["class_type"] == "LoadImage":
+                continue
+            choices = declared[name][0] if declared[name] else None
+            if isinstance(choices, list) and isinstance(value, str) and value not in choices:
+                e = by_name.get(value)
+                if e is not None:
+                    missing.append(model_registry.MissingFile(
+                        e.name, f"the server's {e.folder}/ folder", e.source.url, e.role))
+                elif re.search(r"\.(safetensors|bin|ckpt|pt|pth|onnx)$", value):
+                    missing.append(model_registry.MissingFile(
+                        value, f"the server's folder for {node['class_type']}.{name}", "(not a file this pack knows)"))
+    return unknown, missing
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+class NodeProgress:
+    """Turns websocket events into one progress bar per running node (on stderr)."""
+
+    def __init__(self, graph, enabled=True):
+        self.graph = graph
+        self.enabled = enabled
+        self.bar = None
+        self.node = None
+        self.started = time.time()
+
+    def _label(self, nid):
+        node = self.graph.get(str(nid), {})
+        title = node.get("_meta", {}).get("title") or node.get("class_type", "?")
+        return f"{title} [{nid}]"
+
+    def _close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __call__(self, kind, data):
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+        if kind == "execution_cached" and data.get("nodes"):
+            _say(f"  cached: {', '.join(self._label(n) for n in data['nodes'])}")
+        elif kind == "executing":
+            self._close()
+            self.node = data.get("node")
+            if self.node is not None:
+                _say(f"  running {self._label(self.node)}")
+        elif kind == "progress":
+            nid = data.get("node") or self.node
+            if self.bar is None or self.bar.desc != self._label(nid):
+                self._close()
+                self.bar = tqdm(total=data.get("max"), desc=self._label(nid), file=sys.stderr, leave=False,
+                                unit="step", dynamic_ncols=True)
+            self.bar.total = data.get("max")
+            self.bar.n = data.get("value", 0)
+            self.bar.refresh()
+        elif kind in ("execution_error", "execution_interrupted", "execution_success"):
+            self._close()
+
+    def close(self):
+        self._close()
+
+
+# --- model files ---------------------------------------------------------------------------------
+
+def default_comfyui_dir(value=None):
+    return Path(value or os.environ.get("COMFYUI_DIR") or REPO / ".host" / "ComfyUI")
+
+
+def _extra_model_bases(comfyui_dir):
+    """Folder lists from the host's own extra_model_paths.yaml: {comfy folder: [dirs]}."""
+    path = Path(comfyui_dir) / "extra_model_paths.yaml"
+    out = {}
+    if not path.is_file():
+        return out
+    try:
+        import yaml
+        config = yaml.safe_load(path.read_text()) or {}
+    except Exception:
+        return out
+    for section in config.values():
+        if not isinstance(section, dict):
+            continue
+        base = Path(section.get("base_path", "") or "")
+        if not base.is_absolute():
+            base = path.parent / base
+        for folder, value in section.items():
+            if folder in ("base_path", "is_default") or not isinstance(value, str):
+                continue
+            out.setdefault(folder, []).extend(base / line.strip() for line in value.splitlines() if line.strip())
+    return out
+
+
+def missing_locally(entries, bases, extra=None):
+    """Registry entries found (with the right size, where known) in none of the model base folders
+    or the yaml's folders. A file of the wrong size is reported where it was found."""
+    extra = extra or {}
+    out = []
+    for e in entries:
+        top, _, rest = e.folder.partition("/")
+        candidates = [Path(b) / e.folder / e.name for b in bases]
+        candidates += [Path(d) / rest / e.name if rest else Path(d) / e.name for d in extra.get(top, [])]
+        found = [c for c in candidates if c.is_file()]
+        if any(e.size is None or c.stat().st_size == e.size for c in found):
+            continue
+        source = e.source.url + (f" (unpacked into {e.source.unpack_to}/)" if e.source.unpack_to else "")
+        if found:
+            out.append(model_registry.MissingFile(e.name, found[0].parent, source, e.role,
+                                                  f"{found[0].stat().st_size} bytes, expected {e.size}"))
+        else:
+            out.append(model_registry.MissingFile(e.name, candidates[0].parent, source, e.role))
+    return out
+
+
+def generate_standins(cache, arch, comfyui_dir):
+    script = REPO / "scripts" / "standins.py"
+    if not script.is_file():
+        raise CliError(f"--standin-weights needs {script} (run from a checkout of the repository)", EXIT_USAGE)
+    cmd = [sys.executable, str(script), "--models", str(cache), f"--{arch}", "--faceid", "--buffalo",
+           "--comfyui", str(comfyui_dir)]
+    _say(f"generating stand-in weights into {cache} (once; later runs reuse them)")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # relayed line by line (works when stderr is not a real file)
+        _say("  | " + line.rstrip())
+    proc.wait()
+    if proc.returncode != 0:
+        raise CliError(f"generating the stand-in weights failed (exit {proc.returncode}); see above", EXIT_FAILED)
+
+
+# --- anonymize -----------------------------------------------------------------------------------
+
+def _validate(p, a):
+    photo = Path(a.photo)
+    if not photo.is_file():
+        p.error(f"the photo {photo} does not exist")
+    try:
+        from PIL import Image
+        with Image.open(photo) as im:
+            im.verify()
+    except Exception as e:
+        p.error(f"{photo} is not an image this tool can read ({e.__class__.__name__}: {e})")
+    out = Path(a.output)
+    if out.is_dir():
+        p.error(f"-o {out} is a folder; give a file name")
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        p.error(f"-o {out}: the output must end in .png, .jpg, .jpeg or .webp")
+    if a.skip is not None and not 0.0 < a.skip <= 1.0:
+        p.error(f"--skip {a.skip}: must be in (0, 1] (the fraction of the diffusion that is skipped)")
+    if a.steps is not None and a.steps < 1:
+        p.error(f"--steps {a.steps}: must be at least 1")
+    if a.seed is not None and a.seed < 0:
+        p.error(f"--seed {a.seed}: must be 0 or more")
+    if a.crop_size is not None and (a.crop_size < 64 or a.crop_size % 8):
+        p.error(f"--crop-size {a.crop_size}: must be a multiple of 8, at least 64")
+    if a.faces is not None and not re.fullmatch(r"all|largest|[1-9]\d*", a.faces.strip()):
+        p.error(f"--faces {a.faces!r}: use all, largest, or a number N (the N largest faces)")
+    if a.standin_weights and a.server:
+        p.error("--standin-weights runs its own local ComfyUI on the stand-in files; leave out --server")
+
+
+def _knob_values(a):
+    values = {k: getattr(a, k, None) for k in KNOBS if k not in ("image", "checkpoint", "adapter",
+                                                                   "filename_prefix")}
+    if a.faces is not None:
+        faces = a.faces.strip()
+        values["faces"] = {"all": 0, "largest": 1}.get(faces) if faces in ("all", "largest") else int(faces)
+    soft = set()
+    if a.standin_weights:
+        for k, v in STANDIN_DEFAULTS.items():
+            if values.get(k) is None:
+                values[k] = v
+                soft.add(k)
+    return values, soft
+
+
+def _host_args(a):
+    args = []
+    if not a.gpu:
+        try:
+            import torch
+            cuda = torch.cuda.is_available()
+        except ImportError:
+            cuda = False
+        if not cuda:
+            args.append("--cpu")
+    return args + shlex.split(a.server_args or "")
+
+
+def _save_output(data, out):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".png":
+        out.write_bytes(data)
+        return
+    import io
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        im.convert("RGB").save(out)
+
+
+def run_anonymize(p, a):
+    _validate(p, a)
+    comfyui_dir = default_comfyui_dir(a.comfyui)
+    workflow_path = find_workflow(a.workflow)
+    graph = load_workflow(workflow_path)
+
+    arch = a.standin_arch
+    values, soft = _knob_values(a)
+    if a.standin_weights:
+        _say(BANNER)
+        values["checkpoint"] = a.checkpoint or STANDIN_CHECKPOINT[arch]
+        values["adapter"] = STANDIN_ADAPTER[arch]
+    else:
+        values["checkpoint"] = a.checkpoint
+    values["filename_prefix"] = "revpers-cli"
+    graph = apply_knobs(graph, values, soft)
+    in_graph = [graph[n]["inputs"].get("ckpt_name") for n in nodes_of(graph, "CheckpointLoaderSimple")]
+    checkpoint = next((c for c in in_graph if isinstance(c, str)), None) or model_registry.DEFAULT_CHECKPOINT
+    if not nodes_of(graph, "LoadImage"):
+        raise CliError(f"the workflow {workflow_path} has no LoadImage node for the photo", EXIT_USAGE)
+    if not nodes_of(graph, OUTPUT_CLASS):
+        raise CliError(f"the workflow {workflow_path} has no {OUTPUT_CLASS} node", EXIT_USAGE)
+    entries = model_registry.registry(checkpoint)
+
+    models_dir = Path(a.models) if a.models else None
+    if a.standin_weights:
+        models_dir = Path(a.models or os.environ.get("REVPERS_STANDIN_MODELS") or REPO / ".host" / "standin-models")
+        generate_standins(models_dir, arch, comfyui_dir)
+    elif not a.server:
+        bases = ([models_dir] if models_dir else []) + [comfyui_dir / "models"]
+        missing = missing_locally(entries, bases, _extra_model_bases(comfyui_dir))
+        if missing:
+            raise CliError(model_registry.describe_missing(missing), EXIT_MISSING)
+
+    from .api import ComfyClient, ComfyError, PromptRejected
+    from .host import ComfyHost, HostError
+
+    host = client = None
+    workdir = tempfile.mkdtemp(prefix="revpers-cli-")
+    try:
+        if a.server:
+            url = a.server
+        else:
+            host = ComfyHost(comfyui_dir, python=a.python, extra_args=_host_args(a), models_dir=models_dir,
+                             input_dir=Path(workdir) / "input", output_dir=Path(workdir) / "output",
+                             startup_timeout=a.startup_timeout)
+            _say(f"starting ComfyUI from {comfyui_dir} (log: {host.log_path or 'temporary'})")
+            try:
+                host.start()
+            except (HostError, FileNotFoundError) as e:
+                raise CliError(f"could not start ComfyUI: {e}", EXIT_SERVER)
+            url = host.url
+            _say(f"ComfyUI is up at {url}")
+        client = ComfyClient(url)
+        try:
+            info = client.object_info()
+        except Exception as e:
+            raise CliError(f"cannot reach a ComfyUI server at {url}: {e}", EXIT_SERVER)
+        unknown, missing = check_against_server(graph, info, entries)
+        if unknown:
+            raise CliError(f"the server at {url} has no node type {', '.join(unknown)}: is the Reverse "
+                           "Personalization pack installed in its custom_nodes (and did it load)?", EXIT_SERVER)
+        if missing:
+            raise CliError(model_registry.describe_missing(missing), EXIT_MISSING)
+
+        photo = Path(a.photo)
+        name = client.upload_image(photo, name=f"revpers-{uuid.uuid4().hex[:8]}-{photo.name}")
+        graph = apply_knobs(graph, {"image": name})
+        progress = NodeProgress(graph, enabled=not a.quiet)
+        t0 = time.time()
+        try:
+            prompt_id = client.queue(graph)
+            result = client.follow(prompt_id, on_event=progress, timeout=a.timeout)
+        except PromptRejected as e:
+            raise CliError(f"the server refused the workflow:\n{e}", EXIT_FAILED)
+        except KeyboardInterrupt:
+            progress.close()
+            try:
+                client.interrupt()
+            except Exception:
+                pass
+            raise CliError("interrupted; the run was cancelled", EXIT_INTERRUPTED)
+        except TimeoutError as e:
+            raise CliError(str(e), EXIT_FAILED)
+        finally:
+            progress.close()
+        if result.status != "success":
+            raise CliError(f"the run failed: {result.message or 'no message from the server'}", EXIT_FAILED)
+
+        save_ids = set(nodes_of(graph, OUTPUT_CLASS))
+        images = [img for nid in sorted(save_ids) for img in result.images(nid)]
+        if not images:
+            raise CliError("the workflow finished without an output image", EXIT_FAILED)
+        out = Path(a.output)
+        written = []
+        for i, img in enumerate(images):
+            target = out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}")
+            _save_output(client.view(img["filename"], img.get("subfolder", ""), img.get("type", "output")), target)
+            written.append(target)
+        print(f"wrote {', '.join(str(w) for w in written)} ({time.time() - t0:.1f} s)")
+        check_ids = nodes_of(graph, CHECK_CLASS)
+        texts = []
+        for nid in check_ids:
+            for key, value in (result.outputs.get(nid) or {}).items():
+                for item in value if isinstance(value, list) else [value]:
+                    if isinstance(item, str):
+                        texts.append(item)
+        if texts:
+            print("anonymity check:")
+            for t in texts:
+                print("  " + t.replace("\n", "\n  "))
+        elif check_ids:
+            print("anonymity check: the check node reported nothing")
+        if a.standin_weights:
+            _say(BANNER)
+        return EXIT_OK
+    except ComfyError as e:
+        raise CliError(f"the server answered with an error: {e}", EXIT_SERVER)
+    finally:
+        if client is not None:
+            client.close()
+        if host is not None:
+            host.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- models --------------------------------------------------------------------------------------
+
+def run_models(p, a):
+    comfyui_dir = default_comfyui_dir(a.comfyui)
+    models_dir = Path(a.models or os.environ.get("REVPERS_MODELS") or comfyui_dir / "models")
+    entries = model_registry.registry(a.checkpoint)
+    if a.only:
+        known = {e.name for e in entries} | {e.source.name for e in entries}
+        bad = sorted(set(a.only) - known)
+        if bad:
+            p.error(f"--only {' '.join(bad)}: unknown; choose from {', '.join(sorted(known))}")
+        entries = [e for e in entries if e.name in a.only or e.source.name in a.only]
+    if a.check:
+        missing = model_registry.check(models_dir, entries, verify=True)
+        if missing:
+            print(model_registry.describe_missing(missing), file=sys.stderr)
+            return EXIT_MISSING
+        print(f"all {len(entries)} model files are in {models_dir} and match their published sha256")
+        return EXIT_OK
+    base = a.source_base or os.environ.get("REVPERS_MODEL_SOURCE") or None
+    try:
+        installed = model_registry.download(models_dir, entries=entries, base_url=base,
+                                            progress=not a.quiet, log=lambda s: _say(s))
+    except model_registry.DownloadError as e:
+        raise CliError(str(e), EXIT_FAILED)
+    if not installed:
+        print(f"nothing to download: every model file is already in {models_dir}")
+    else:
+        print(f"installed {len(installed)} file(s) into {models_dir}")
+    return EXIT_OK
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="revpers", description="Reverse Personalization: face anonymization "
+                                "by negative identity guidance, run through ComfyUI.",
+                                epilog="exit codes: 0 done, 1 the run failed, 2 bad arguments, 3 model files "
+                                "missing, 4 no usable server, 130 interrupted")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    an = sub.add_parser("anonymize", help="anonymize every face in a photo",
+                        description="Anonymize every face in a photo with the shipped workflow. Options left "
+                        "out keep the workflow's values (the paper's defaults, shown below).")
+    an.add_argument("photo", help="the photo (png, jpg, webp...)")
+    an.add_argument("-o", "--output", required=True, help="where to write the anonymized photo (.png/.jpg/.webp)")
+    an.add_argument("--server", help="URL of a running ComfyUI with the pack (default: start the local one)")
+    an.add_argument("--comfyui", help="ComfyUI folder to start (default: $COMFYUI_DIR or .host/ComfyUI)")
+    an.add_argument("--models", help="an extra models folder (checkpoints/, ipadapter/, insightface/...) for "
+                    "the local server; with --standin-weights, where the stand-ins go")
+    an.add_argument("--workflow", help="API-format workflow to run (default: the shipped one)")
+    an.add_argument("--guidance", type=float, help="identity guidance scale; negative pushes away (default -10)")
+    an.add_argument("--skip", type=float, help="fraction of the diffusion skipped by the inversion (default 0.7)")
+    an.add_argument("--steps", type=int, help="inversion/sampling steps (default 100)")
+    an.add_argument("--seed", type=int, help="seed of the inversion noise (default 0)")
+    an.add_argument("--attribute", help="attribute text for the new face, e.g. 'an old man' (default none)")
+    an.add_argument("--faces", help="which faces: all, largest, or N for the N largest (default all)")
+    an.add_argument("--crop-size", type=int, dest="crop_size", help="aligned face crop size in px (default 1024)")
+    an.add_argument("--checkpoint", help=f"SDXL checkpoint file name in models/checkpoints "
+                    f"(default {model_registry.DEFAULT_CHECKPOINT})")
+    an.add_argument("--standin-weights", action="store_true", help="installation check: generate random "
+                    "stand-in weights and run the same graph on them (output is NOT an anonymization)")
+    an.add_argument("--standin-arch", choices=("sdxl", "sd15"), default="sdxl",
+                    help="architecture of the stand-ins (default sdxl, what the job uses)")
+    an.add_argument("--gpu", action="store_true", help="do not pass --cpu to the local server even without CUDA")
+    an.add_argument("--server-args", help="more arguments for the local server, e.g. '--bf16-unet'")
+    an.add_argument("--python", help="Python to run the local server with (default: this one)")
+    an.add_argument("--timeout", type=float, default=24 * 3600.0, help="seconds to wait for the run")
+    an.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the server")
+    an.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    mo = sub.add_parser("models", help="download (or check) the real model files",
+                        description="Download the model files the job needs from their public sources, "
+                        "with progress and sha256 verification; --check only verifies.")
+    mo.add_argument("--models", help="models base folder (default: $REVPERS_MODELS, or the ComfyUI's models/)")
+    mo.add_argument("--comfyui", help="ComfyUI folder whose models/ to use (default: $COMFYUI_DIR or .host/ComfyUI)")
+    mo.add_argument("--check", action="store_true", help="only check: list what is missing, verify sha256")
+    mo.add_argument("--only", nargs="+", metavar="NAME", help="only these files (or buffalo_l.zip)")
+    mo.add_argument("--checkpoint", help="your own SDXL checkpoint instead of the SDXL base (checked, not downloaded)")
+    mo.add_argument("--source-base", help="fetch <URL>/<file name> instead of the public sources (a mirror); "
+                    "also $REVPERS_MODEL_SOURCE")
+    mo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.commands = {"anonymize": an, "models": mo}
+    return p
+
+
+def main(argv=None):
+    p = build_parser()
+    a = p.parse_args(argv)
+    try:
+        if a.command == "anonymize":
+            return run_anonymize(p.commands["anonymize"], a)
+        return run_models(p.commands["models"], a)
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

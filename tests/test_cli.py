@@ -1,0 +1,289 @@
+"""The `revpers` command: argument errors, the missing-model-files message (before any work), the
+workflow knobs, and the whole client path (upload, queue, websocket progress, download, failure
+messages) against the session's real ComfyUI server."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from paths import REPO, artifact_dir
+from revpers_core import cli, models
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    from skimage import data
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    Image.fromarray(data.astronaut()).resize((128, 128)).save(path)
+    return path
+
+
+def write_workflow(tmp_path, graph, name="wf.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(graph))
+    return path
+
+
+INVERT = {  # a real graph of ComfyUI's own nodes: photo -> invert -> save
+    "1": {"class_type": "LoadImage", "inputs": {"image": "placeholder.png"}},
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "wf"}},
+}
+
+
+def run(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([str(a) for a in argv])
+    assert e.value.code == cli.EXIT_USAGE
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--skip", "1.5"], "--skip 1.5: must be in (0, 1]"),
+    (["--steps", "0"], "--steps 0: must be at least 1"),
+    (["--seed", "-1"], "--seed -1: must be 0 or more"),
+    (["--crop-size", "100"], "--crop-size 100: must be a multiple of 8"),
+    (["--faces", "the big one"], "--faces 'the big one': use all, largest, or a number N"),
+    (["--faces", "0,2"], "--faces '0,2': use all, largest, or a number N"),
+    (["--standin-weights", "--server", "http://127.0.0.1:1"], "leave out --server"),
+])
+def test_bad_knobs_are_refused_with_the_reason(photo, tmp_path, capsys, extra, message):
+    err = usage_error(["anonymize", photo, "-o", tmp_path / "out.png", *extra], capsys)
+    assert message in err
+
+
+def test_bad_photo_and_output_are_refused(photo, tmp_path, capsys):
+    assert "the photo nope.jpg does not exist" in usage_error(["anonymize", "nope.jpg", "-o", "x.png"], capsys)
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    assert "is not an image this tool can read" in usage_error(["anonymize", text, "-o", "x.png"], capsys)
+    assert "must end in .png, .jpg" in usage_error(["anonymize", photo, "-o", tmp_path / "out.gif"], capsys)
+    assert "is a folder" in usage_error(["anonymize", photo, "-o", tmp_path], capsys)
+    assert "the following arguments are required: -o/--output" in usage_error(["anonymize", photo], capsys)
+
+
+def test_missing_model_files_fail_before_any_work(photo, tmp_path, capsys):
+    """No ComfyUI is started (the --comfyui folder has none: starting would be a different error),
+    nothing is uploaded; the message names every missing file, its folder and its source."""
+    fake_host = tmp_path / "ComfyUI"
+    (fake_host / "models" / "checkpoints").mkdir(parents=True)
+    (fake_host / "models" / "checkpoints" / "sd_xl_base_1.0.safetensors").write_bytes(b"")  # wrong size
+    wf = write_workflow(tmp_path, {**INVERT, "4": {"class_type": "CheckpointLoaderSimple",
+                                                   "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}}})
+    code, out, err = run(["anonymize", photo, "-o", tmp_path / "out.png", "--comfyui", fake_host,
+                          "--workflow", wf, "--models", tmp_path / "models"], capsys)
+    assert code == cli.EXIT_MISSING
+    assert "7 model file(s) missing" in err
+    assert "sd_xl_base_1.0.safetensors (0 bytes, expected 6938078334)" in err
+    for e in models.REGISTRY:
+        assert e.name in err and e.source.url in err
+        folder = fake_host / "models" if e.folder == "checkpoints" else tmp_path / "models"
+        assert f"folder: {folder / e.folder}\n" in err
+    assert "revpers models" in err and "--standin-weights" in err
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_own_checkpoint_is_checked_by_name(photo, tmp_path, capsys):
+    code, out, err = run(["anonymize", photo, "-o", tmp_path / "out.png", "--comfyui", tmp_path / "none",
+                          "--workflow", write_workflow(tmp_path, {**INVERT, "4": {
+                              "class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "x"}}}),
+                          "--checkpoint", "my_sdxl.safetensors"], capsys)
+    assert code == cli.EXIT_MISSING
+    assert "my_sdxl.safetensors" in err and "sd_xl_base_1.0.safetensors\n" not in err
+
+
+def test_workflow_problems_are_named(photo, tmp_path, capsys):
+    ui = write_workflow(tmp_path, {"nodes": [], "links": []}, "ui.json")
+    code, _, err = run(["anonymize", photo, "-o", tmp_path / "o.png", "--workflow", ui], capsys)
+    assert code == cli.EXIT_USAGE and "is a UI-format workflow" in err
+    code, _, err = run(["anonymize", photo, "-o", tmp_path / "o.png", "--workflow", write_workflow(tmp_path, INVERT),
+                        "--guidance", "-5", "--attribute", "an old man"], capsys)
+    assert code == cli.EXIT_USAGE
+    assert "--guidance (the workflow has no RevPersAnonymizedSampler.guidance or RevPersInvert.guidance)" in err
+    assert "--attribute (the workflow has no RevPersAttributeText.text)" in err
+    code, _, err = run(["anonymize", photo, "-o", tmp_path / "o.png", "--workflow", tmp_path / "absent.json"], capsys)
+    assert code == cli.EXIT_USAGE and "absent.json does not exist" in err
+
+
+def test_knobs_land_on_the_nodes_by_class_type():
+    graph = {
+        "1": {"class_type": "RevPersInvert", "inputs": {"skip": 0.7, "steps": 100, "seed": 0, "guidance": -10.0,
+                                                        "model": ["9", 0]}},
+        "2": {"class_type": "RevPersAnonymizedSampler", "inputs": {"guidance": -10.0, "inversion": ["1", 0]}},
+        "3": {"class_type": "RevPersDetectAlign", "inputs": {"max_faces": 0, "crop_size": 1024}},
+        "4": {"class_type": "RevPersAttributeText", "inputs": {"text": ""}},
+        "5": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+        "6": {"class_type": "RevPersInvert", "inputs": {"skip": 0.7, "steps": ["8", 0], "seed": 0}},
+    }
+    out = cli.apply_knobs(graph, {"skip": 0.5, "steps": 20, "seed": 7, "guidance": -4.0, "faces": 2,
+                                  "crop_size": 512, "attribute": "an old man", "checkpoint": "own.safetensors",
+                                  "adapter": None})
+    assert out["1"]["inputs"] == {"skip": 0.5, "steps": 20, "seed": 7, "guidance": -4.0, "model": ["9", 0]}
+    assert out["6"]["inputs"] == {"skip": 0.5, "steps": ["8", 0], "seed": 7}  # a linked input stays linked
+    assert out["2"]["inputs"]["guidance"] == -4.0
+    assert out["3"]["inputs"] == {"max_faces": 2, "crop_size": 512}
+    assert out["4"]["inputs"]["text"] == "an old man"
+    assert out["5"]["inputs"]["ckpt_name"] == "own.safetensors"
+    assert graph["1"]["inputs"]["skip"] == 0.7  # the workflow itself is not modified
+    assert cli.apply_knobs(graph, {"skip": None}) == graph
+
+
+def test_the_console_script_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "revpers_core.cli", "--help"], capture_output=True, text=True,
+                            cwd=REPO)
+    assert result.returncode == 0 and "anonymize" in result.stdout and "models" in result.stdout
+    assert "exit codes" in result.stdout
+
+
+# --- against the real server ---------------------------------------------------------------------
+
+def test_a_workflow_runs_through_the_server(comfy_server, photo, tmp_path, capsys):
+    out = tmp_path / "inverted.png"
+    code, stdout, err = run(["anonymize", photo, "-o", out, "--server", comfy_server.url,
+                             "--workflow", write_workflow(tmp_path, INVERT)], capsys)
+    assert code == cli.EXIT_OK, err
+    assert f"wrote {out}" in stdout
+    assert "running ImageInvert [2]" in err and "running SaveImage [3]" in err
+    got = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    want = 255 - np.asarray(Image.open(photo).convert("RGB")).astype(int)
+    assert np.abs(got - want).max() <= 1  # the server's inversion of exactly our photo
+    shutil.copy(out, artifact_dir("cli") / "inverted_through_server.png")
+    # a .jpg output is converted
+    code, stdout, err = run(["anonymize", photo, "-o", tmp_path / "inv.jpg", "--server", comfy_server.url,
+                             "--workflow", write_workflow(tmp_path, INVERT), "-q"], capsys)
+    assert code == cli.EXIT_OK and Image.open(tmp_path / "inv.jpg").format == "JPEG"
+    assert "running" not in err  # -q: no progress
+
+
+def test_a_node_failure_exits_with_the_servers_message(comfy_server, photo, tmp_path, capsys):
+    comfy_server.upload_image(b"this is not a png", name="broken-for-cli.png")
+    graph = {**INVERT, "4": {"class_type": "LoadImageMask", "inputs": {"image": "broken-for-cli.png",
+                                                                        "channel": "alpha"}},
+             "5": {"class_type": "MaskToImage", "inputs": {"mask": ["4", 0]}},
+             "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "m"}}}
+    code, stdout, err = run(["anonymize", photo, "-o", tmp_path / "o.png", "--server", comfy_server.url,
+                             "--workflow", write_workflow(tmp_path, graph)], capsys)
+    assert code == cli.EXIT_FAILED
+    assert "error: the run failed: LoadImageMask (node 4) failed with PIL.UnidentifiedImageError" in err
+    assert "cannot identify image file" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_refused_graph_exits_with_the_validation_message(comfy_server, photo, tmp_path, capsys):
+    graph = {**INVERT, "2": {"class_type": "ImageScale", "inputs": {
+        "image": ["1", 0], "upscale_method": "nearest-exact", "width": 64, "height": 0, "crop": "sideways"}}}
+    code, _, err = run(["anonymize", photo, "-o", tmp_path / "o.png", "--server", comfy_server.url,
+                        "--workflow", write_workflow(tmp_path, graph)], capsys)
+    assert code == cli.EXIT_FAILED
+    assert "the server refused the workflow" in err and "crop: 'sideways' not in ['disabled', 'center']" in err
+
+
+def test_files_the_server_lacks_are_named_before_upload(comfy_server, photo, tmp_path, capsys):
+    graph = {**INVERT, "4": {"class_type": "CheckpointLoaderSimple",
+                             "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}}}
+    before = set(p.name for p in comfy_server.input_dir.iterdir()) if comfy_server.input_dir.exists() else set()
+    code, _, err = run(["anonymize", photo, "-o", tmp_path / "o.png", "--server", comfy_server.url,
+                        "--workflow", write_workflow(tmp_path, graph)], capsys)
+    assert code == cli.EXIT_MISSING
+    assert "sd_xl_base_1.0.safetensors" in err and "the server's checkpoints/ folder" in err
+    assert models.REGISTRY[0].source.url in err
+    after = set(p.name for p in comfy_server.input_dir.iterdir()) if comfy_server.input_dir.exists() else set()
+    assert after == before  # nothing was uploaded
+
+
+def test_an_unreachable_server_is_reported(photo, tmp_path, capsys):
+    from revpers_core.host import free_port
+    code, _, err = run(["anonymize", photo, "-o", tmp_path / "o.png", "--server", f"http://127.0.0.1:{free_port()}",
+                        "--workflow", write_workflow(tmp_path, INVERT)], capsys)
+    assert code == cli.EXIT_SERVER and "cannot reach a ComfyUI server" in err
+
+
+def test_the_anonymity_check_text_is_printed(comfy_server, tmp_path, capsys):
+    """The pack's own check node (stand-in buffalo_l, a photo with a marker face compared with
+    itself): the CLI prints the text of the node's `ui` output."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import standins
+    from revpers_core.standins.buffalo_l import draw_marker_face
+
+    standins.generate_buffalo(comfy_server.models_dir, seed=0, log=lambda s: None)
+    picture = np.full((192, 192, 3), 90, np.uint8)
+    draw_marker_face(picture, (96, 96), 60, seed=1)
+    photo = tmp_path / "marker.png"
+    Image.fromarray(picture).save(photo)
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "placeholder.png"}},
+        "2": {"class_type": "RevPersFaceAnalysisLoader", "inputs": {
+            "model_pack": "buffalo_l", "provider": "auto", "det_size": 640, "det_thresh": 0.5}},
+        "3": {"class_type": "RevPersAnonymityCheck", "inputs": {
+            "analysis": ["2", 0], "anonymized": ["1", 0], "original": ["1", 0], "threshold": 0.3,
+            "fail_if_recognizable": False}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 2], "filename_prefix": "chk"}},
+    }
+    code, stdout, err = run(["anonymize", photo, "-o", tmp_path / "o.png", "--server", comfy_server.url,
+                             "--workflow", write_workflow(tmp_path, graph)], capsys)
+    assert code == cli.EXIT_OK, err
+    head, _, text = stdout.partition("anonymity check:\n")
+    assert f"wrote {tmp_path / 'o.png'}" in head
+    ui = comfy_server.history(list(comfy_server.history())[-1])["outputs"]["3"]["text"][0]
+    assert text.strip() == ui.strip().replace("\n", "\n  ") and text.strip()
+    print(text)
+
+
+def test_standin_weights_run_on_a_local_host_it_starts_and_stops(photo, tmp_path, capsys):
+    """--standin-weights: stand-ins are generated (reused from .host/test-models), a local ComfyUI is
+    started with them as its models folder, the graph runs, the server is stopped, and the banner
+    says the output is not an anonymization. The graph names the stand-in checkpoint and adapter
+    (set by the CLI) in loaders that do not feed the output, so only the plumbing is exercised."""
+    from revpers_core.host import ComfyHost
+
+    graph = {**INVERT,
+             "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+             "5": {"class_type": "RevPersFaceIDAdapterLoader", "inputs": {"adapter_name": "x.bin"}}}
+    wf = write_workflow(tmp_path, graph)
+    started = []
+    original_start = ComfyHost.start
+
+    def spy(self):  # records the host, then really starts it
+        started.append(self)
+        return original_start(self)
+
+    ComfyHost.start = spy
+    try:
+        code, stdout, err = run(["anonymize", photo, "-o", tmp_path / "o.png", "--workflow", wf,
+                                 "--standin-weights", "--standin-arch", "sd15",
+                                 "--models", REPO / ".host" / "test-models"], capsys)
+    finally:
+        ComfyHost.start = original_start
+    assert code == cli.EXIT_OK, err
+    assert err.count("STAND-IN WEIGHTS") == 2 and "NOT an anonymization" in err
+    assert (tmp_path / "o.png").is_file()
+    (host,) = started
+    assert not host.running and host.models_dir == (REPO / ".host" / "test-models").resolve()
+    assert "--cpu" in host.extra_args  # no CUDA here
+
+
+def test_a_host_that_cannot_start_reports_its_log(tmp_path):
+    from paths import HOST
+    from revpers_core.host import ComfyHost, HostError
+
+    host = ComfyHost(HOST, extra_args=["--cpu", "--no-such-option"], startup_timeout=60)
+    with pytest.raises(HostError) as e:
+        host.start()
+    message = str(e.value)
+    assert "ComfyUI exited with code" in message and "--no-such-option" in message
+    assert not host.running
+    assert Path(host.log_path).is_file()  # kept for the user to read
+    shutil.rmtree(Path(host.log_path).parent, ignore_errors=True)
+    with pytest.raises(FileNotFoundError, match="main.py is missing"):
+        ComfyHost(tmp_path)
