@@ -1,0 +1,110 @@
+"""The host's real web UI in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright;
+no browser is downloaded). Used by the browser tests and by scripts/build_workflows.py."""
+import contextlib
+import json
+import os
+import shutil
+
+CHROMIUM = os.environ.get("REVPERS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# Flags that keep Chromium from reaching for the network at start (this machine has none) and let it
+# run as root in a container.
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+
+def chromium_available():
+    return os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)
+
+
+@contextlib.contextmanager
+def web_ui(url, width=1600, height=1000):
+    """A Playwright page on the ComfyUI front end at `url`, ready (app.graph exists), with the
+    browser console collected in `page.console_lines`."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.console_lines = []
+            page.on("console", lambda m: page.console_lines.append(f"{m.type}: {m.text}"))
+            page.on("pageerror", lambda e: page.console_lines.append(f"pageerror: {e}"))
+            page.goto(url, wait_until="load")
+            page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph "
+                                   "&& Object.keys(LiteGraph.registered_node_types).length > 50",
+                                   timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def missing_node_types(page, ui_workflow):
+    """Node types of a UI workflow the front end does not know."""
+    types = sorted({n["type"] for n in ui_workflow["nodes"]})
+    return page.evaluate("(types) => types.filter(t => !LiteGraph.registered_node_types[t])", types)
+
+
+def load_ui_workflow(page, ui_workflow):
+    page.evaluate("async (wf) => { await app.loadGraphData(wf); }", ui_workflow)
+    page.wait_for_timeout(300)
+
+
+def broken_links(page):
+    """Links of the loaded graph whose ends are missing or disagree with the nodes' slots."""
+    return page.evaluate("""() => {
+        const bad = [];
+        for (const link of Object.values(app.graph.links ?? {})) {
+            if (!link) continue;
+            const from = app.graph.getNodeById(link.origin_id), to = app.graph.getNodeById(link.target_id);
+            if (!from || !to) { bad.push(`link ${link.id}: missing node`); continue; }
+            const out = from.outputs?.[link.origin_slot], inp = to.inputs?.[link.target_slot];
+            if (!out || !inp) { bad.push(`link ${link.id}: missing slot`); continue; }
+            if (inp.link !== link.id) bad.push(`link ${link.id}: input ${to.type}.${inp.name} points elsewhere`);
+            if (!(out.links ?? []).includes(link.id)) bad.push(`link ${link.id}: output ${from.type}.${out.name} does not list it`);
+        }
+        for (const node of app.graph._nodes) {
+            for (const inp of node.inputs ?? []) {
+                if (inp.link != null && !app.graph.links[inp.link]) bad.push(`${node.type}.${inp.name}: dangling link ${inp.link}`);
+            }
+        }
+        return bad;
+    }""")
+
+
+def graph_to_prompt(page):
+    """What the front end would POST for the loaded graph: the API-format prompt."""
+    return page.evaluate("async () => (await app.graphToPrompt()).output")
+
+
+def normalized_prompt(prompt):
+    """An API prompt with ids as strings and links as [id, slot], for comparing."""
+    out = {}
+    for node_id, node in prompt.items():
+        inputs = {}
+        for name, value in node.get("inputs", {}).items():
+            if isinstance(value, list) and len(value) == 2 and not isinstance(value[1], str):
+                value = [str(value[0]), int(value[1])]
+            inputs[name] = value
+        out[str(node_id)] = {"class_type": node["class_type"], "inputs": inputs}
+    return json.loads(json.dumps(out, sort_keys=True))
+
+
+def fit_view(page):
+    """Zoom and pan the canvas so the whole graph is in view (for screenshots)."""
+    page.evaluate(_FIT_VIEW)
+    page.wait_for_timeout(300)
+
+
+_FIT_VIEW = """() => {
+    const nodes = app.graph._nodes;
+    const x0 = Math.min(...nodes.map(n => n.pos[0])), y0 = Math.min(...nodes.map(n => n.pos[1] - 30));
+    const x1 = Math.max(...nodes.map(n => n.pos[0] + n.size[0])), y1 = Math.max(...nodes.map(n => n.pos[1] + n.size[1]));
+    const canvas = app.canvas.canvas;
+    const scale = Math.min(canvas.width / (x1 - x0 + 80), canvas.height / (y1 - y0 + 80));
+    app.canvas.ds.scale = scale;
+    app.canvas.ds.offset = [40 / scale - x0, 40 / scale - y0];
+    app.graph.setDirtyCanvas(true, true);
+}"""
