@@ -1,0 +1,340 @@
+"""IP-Adapter-FaceID weights: safe loading, validation, the identity projection, the per-layer
+identity attention weights and the LoRA the FaceID files carry.
+
+Layout of an IP-Adapter-FaceID (non-plus) checkpoint, as published (``ip-adapter-faceid_sdxl.bin``,
+``ip-adapter-faceid_sd15.bin``; a torch pickle of ``{"image_proj": {...}, "ip_adapter": {...}}``,
+or a safetensors conversion with flattened ``image_proj.*`` / ``ip_adapter.*`` keys):
+
+* ``image_proj``: ``proj.0`` (H×E, E = 512 ArcFace dims, H = 1024), ``proj.2`` (D·T × H) and ``norm``
+  (LayerNorm over D): the projection  tokens = LayerNorm(W2 · GELU(W1 e + b1) + b2) reshaped to T
+  tokens of width D (D = the UNet's cross-attention width, T = 4).
+* ``ip_adapter``: numbered attention processors n = 0 … P−1 in diffusers' ``attn_processors`` order
+  (down blocks, up blocks, mid block; per transformer block self-attention ``attn1`` (even n) then
+  cross-attention ``attn2`` (odd n)). Odd n carry ``{n}.to_k_ip.weight`` / ``{n}.to_v_ip.weight``
+  (inner × D); every n may carry a LoRA ``{n}.to_{q,k,v,out}_lora.{down,up}.weight`` for that
+  attention's projections, which the reference merges at weight 1 (W + up·down).
+
+Nothing here imports ComfyUI: the target model is described by a list of `TransformerSlot`.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from typing import Dict, Mapping, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "FaceIDAdapter",
+    "TransformerSlot",
+    "AdapterMismatch",
+    "load_faceid_adapter",
+    "faceid_adapter_from_state_dict",
+]
+
+IMAGE_PROJ_KEYS = ("proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias", "norm.weight", "norm.bias")
+LORA_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out")
+_IP_KEY = re.compile(r"^(\d+)\.(to_k_ip|to_v_ip|to_(?:q|k|v|out)_lora\.(?:down|up))\.weight$")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+WHERE_TO_GET = ("get ip-adapter-faceid_sdxl.bin (SDXL) or ip-adapter-faceid_sd15.bin (SD1.5) from "
+                "https://huggingface.co/h94/IP-Adapter-FaceID and put it in models/ipadapter")
+
+
+class AdapterMismatch(ValueError):
+    """The adapter's layers do not fit the model it is applied to."""
+
+
+@dataclass(frozen=True)
+class TransformerSlot:
+    """One transformer block of the target UNet, in the adapter's processor order.
+
+    ``name`` names it in messages (e.g. ``input_blocks.4.1.transformer_blocks.0``);
+    ``weight_shapes`` maps ``attn1.to_q`` … ``attn2.to_out`` to the (out, in) shapes of its weights.
+    """
+
+    name: str
+    weight_shapes: Mapping[str, Tuple[int, int]]
+
+    @property
+    def inner_dim(self) -> int:
+        return int(self.weight_shapes["attn2.to_k"][0])
+
+    @property
+    def context_dim(self) -> int:
+        return int(self.weight_shapes["attn2.to_k"][1])
+
+
+@dataclass
+class FaceIDAdapter:
+    """The weights of one IP-Adapter-FaceID file (tensors kept in their stored dtype, on the CPU)."""
+
+    name: str
+    image_proj: Dict[str, torch.Tensor]
+    processors: Dict[int, Dict[str, torch.Tensor]]
+    num_processors: int
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells apart two loads, even of one file
+    _delta_cache: Dict[torch.dtype, Dict[Tuple[int, str], torch.Tensor]] = field(default_factory=dict, repr=False)
+    _device_copies: Dict[str, Dict[int, Tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict, repr=False)
+
+    # -- shapes -------------------------------------------------------------------------------
+    @property
+    def embedding_dim(self) -> int:
+        """E, the width of the identity embedding the projection takes (512 for ArcFace)."""
+        return int(self.image_proj["proj.0.weight"].shape[1])
+
+    @property
+    def cross_attention_dim(self) -> int:
+        """D, the width of each identity token (the UNet's cross-attention width)."""
+        return int(self.image_proj["norm.weight"].shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        """T, the number of identity tokens per face."""
+        return int(self.image_proj["proj.2.weight"].shape[0]) // self.cross_attention_dim
+
+    @property
+    def num_blocks(self) -> int:
+        return self.num_processors // 2
+
+    @property
+    def has_lora(self) -> bool:
+        return any(k.endswith("_lora.down") for p in self.processors.values() for k in p)
+
+    def describe(self) -> str:
+        lora = "with LoRA" if self.has_lora else "without LoRA"
+        return (f"'{self.name}' ({self.num_processors} attention layers = {self.num_blocks} transformer blocks, "
+                f"identity tokens {self.num_tokens}×{self.cross_attention_dim}, {lora})")
+
+    # -- the identity projection --------------------------------------------------------------
+    def project(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Identity embeddings [B, E] → identity tokens [B, T, D] (float32):
+        LayerNorm(W2 · GELU(W1 e + b1) + b2), reshaped to T tokens of width D."""
+        e = torch.as_tensor(embeddings)
+        if e.ndim != 2 or e.shape[1] != self.embedding_dim:
+            raise ValueError(f"identity embeddings must be [faces, {self.embedding_dim}] for adapter '{self.name}' "
+                             f"(got shape {tuple(e.shape)})")
+        p = {k: v.to(torch.float32) for k, v in self.image_proj.items()}
+        h = F.gelu(F.linear(e.to(torch.float32), p["proj.0.weight"], p["proj.0.bias"]))
+        x = F.linear(h, p["proj.2.weight"], p["proj.2.bias"])
+        x = x.reshape(-1, self.num_tokens, self.cross_attention_dim)
+        return F.layer_norm(x, (self.cross_attention_dim,), p["norm.weight"], p["norm.bias"])
+
+    # -- per-layer weights --------------------------------------------------------------------
+    def identity_weights(self, block: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(to_k_ip, to_v_ip) of transformer block ``block``'s cross-attention (processor 2·block+1)."""
+        p = self.processors[2 * block + 1]
+        return p["to_k_ip"], p["to_v_ip"]
+
+    def identity_weights_on(self, block: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`identity_weights` on ``device`` (stored dtype), copied once per device and shared by every
+        MODEL patched with this adapter."""
+        device = torch.device(device)
+        if device == torch.device("cpu"):
+            return self.identity_weights(block)
+        copies = self._device_copies.setdefault(str(device), {})
+        if block not in copies:
+            copies[block] = tuple(w.to(device) for w in self.identity_weights(block))
+        return copies[block]
+
+    def release_device_copies(self) -> None:
+        """Forget the copies made by `identity_weights_on` (e.g. when the model leaves the GPU)."""
+        self._device_copies.clear()
+
+    def lora_deltas(self, block: int, dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
+        """The LoRA weight deltas ΔW = up · down of transformer block ``block``, keyed ``attn1.to_q`` …
+        ``attn2.to_out`` (only those the file carries), computed in float32 and stored in ``dtype`` or in the
+        file's own LoRA dtype when that is narrower or ``dtype`` has fewer than 16 bits (the published files are
+        float16: their deltas stay float16 even for a float32 model, halving their memory; an fp8 model still
+        gets float16 deltas, which ComfyUI adds in float32). Cached, so every MODEL patched with this
+        adapter shares the same tensors."""
+        out = {}
+        for attn, n in (("attn1", 2 * block), ("attn2", 2 * block + 1)):
+            p = self.processors.get(n, {})
+            for proj in LORA_PROJECTIONS:
+                down = p.get(f"{proj}_lora.down")
+                if down is None:
+                    continue
+                up = p[f"{proj}_lora.up"]
+                stored = dtype if 16 <= torch.finfo(dtype).bits <= torch.finfo(up.dtype).bits else up.dtype
+                cache = self._delta_cache.setdefault(stored, {})
+                key = (n, proj)
+                if key not in cache:
+                    cache[key] = (up.to(torch.float32) @ down.to(torch.float32)).to(stored)
+                out[f"{attn}.{proj}"] = cache[key]
+        return out
+
+    # -- fit to a model -----------------------------------------------------------------------
+    def check_fits(self, slots: Sequence[TransformerSlot], model_name: str) -> None:
+        """Raise `AdapterMismatch` naming the adapter and the model unless every layer of the adapter
+        has a matching attention layer in the model (same count, same weight shapes)."""
+        if len(slots) * 2 != self.num_processors:
+            raise AdapterMismatch(
+                f"FaceID adapter {self.describe()} does not fit the model {model_name} "
+                f"({len(slots)} transformer blocks = {2 * len(slots)} attention layers). Use the FaceID adapter made "
+                f"for this model family: ip-adapter-faceid_sdxl.bin for SDXL, ip-adapter-faceid_sd15.bin for SD1.5.")
+        for b, slot in enumerate(slots):
+            k_ip, v_ip = self.identity_weights(b)
+            want = (slot.inner_dim, slot.context_dim)
+            for label, w in (("to_k_ip", k_ip), ("to_v_ip", v_ip)):
+                if tuple(w.shape) != want:
+                    raise AdapterMismatch(
+                        f"FaceID adapter {self.describe()} does not fit the model {model_name}: layer {2 * b + 1} "
+                        f"{label} is {tuple(w.shape)} but the model's cross-attention {slot.name}.attn2 needs {want} "
+                        f"(inner width × cross-attention width). Use the adapter made for this model family.")
+            for attn, n in (("attn1", 2 * b), ("attn2", 2 * b + 1)):
+                p = self.processors.get(n, {})
+                for proj in LORA_PROJECTIONS:
+                    down = p.get(f"{proj}_lora.down")
+                    if down is None:
+                        continue
+                    up = p[f"{proj}_lora.up"]
+                    shape = (int(up.shape[0]), int(down.shape[1]))
+                    target = tuple(slot.weight_shapes[f"{attn}.{proj}"])
+                    if shape != target:
+                        raise AdapterMismatch(
+                            f"FaceID adapter {self.describe()} does not fit the model {model_name}: the LoRA of layer {n} "
+                            f"({proj}) makes a {shape} weight but {slot.name}.{attn}.{proj} is {target}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+def _refused_pickle(name: str, err: Exception) -> ValueError:
+    found = re.search(r"(Unsupported global: GLOBAL [^\s]+|Unsupported operand [^\s]+|GLOBAL [^\s]+)", str(err))
+    what = f": {found.group(1).rstrip('.')}" if found else ""
+    return ValueError(
+        f"FaceID adapter '{name}' was refused: it is not a plain tensor checkpoint that can be loaded safely (torch's "
+        f"weights-only loader rejected it{what}). A pickle holding other Python objects could run code when loaded, "
+        f"so nothing in it was executed. Use a trusted file "
+        f"({WHERE_TO_GET}) or a .safetensors conversion.")
+
+
+def _load_state(path: str) -> Mapping:
+    name = os.path.basename(path)
+    lower = name.lower()
+    if lower.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(path, device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise ValueError(f"FaceID adapter '{name}' could not be read as safetensors: it is corrupt or truncated "
+                             f"({err}). Download it again; {WHERE_TO_GET}.") from None
+    if lower.endswith(PICKLE_SUFFIXES):
+        with open(path, "rb") as f:
+            head = f.read(4)
+        # torch.save writes a zip archive (PK..); older torch a pickle stream, which starts with PROTO (0x80).
+        if not (head.startswith(b"PK") or head[:1] == b"\x80"):
+            raise ValueError(f"FaceID adapter '{name}' could not be read: it is corrupt or truncated (not a torch "
+                             f"checkpoint: neither a zip archive nor a pickle stream). Download it again; {WHERE_TO_GET}.")
+        try:
+            # weights_only: tensors and containers only; any other global is refused, never executed.
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            if "weights_only" in str(err) or "Unsupported global" in str(err) or "global" in str(err).lower():
+                raise _refused_pickle(name, err) from None
+            raise ValueError(f"FaceID adapter '{name}' could not be read: it is corrupt or truncated ({err}). "
+                             f"Download it again; {WHERE_TO_GET}.") from None
+        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as err:
+            raise ValueError(f"FaceID adapter '{name}' could not be read: it is corrupt or truncated "
+                             f"({err.__class__.__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}). "
+                             f"Download it again; {WHERE_TO_GET}.") from None
+    raise ValueError(f"FaceID adapter '{name}' has an unsupported file type: expected .bin (torch pickle) or "
+                     f".safetensors.")
+
+
+def _split_sections(state: Mapping, name: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    if not isinstance(state, Mapping):
+        raise ValueError(f"FaceID adapter '{name}' does not hold a dictionary of weights (found {type(state).__name__}).")
+    if "image_proj" in state and "ip_adapter" in state:
+        image_proj, ip_adapter = state["image_proj"], state["ip_adapter"]
+        if not isinstance(image_proj, Mapping) or not isinstance(ip_adapter, Mapping):
+            raise ValueError(f"FaceID adapter '{name}': 'image_proj' and 'ip_adapter' must both be dictionaries of tensors.")
+        image_proj, ip_adapter = dict(image_proj), dict(ip_adapter)
+    else:
+        image_proj = {k[len("image_proj."):]: v for k, v in state.items() if str(k).startswith("image_proj.")}
+        ip_adapter = {k[len("ip_adapter."):]: v for k, v in state.items() if str(k).startswith("ip_adapter.")}
+        if not image_proj or not ip_adapter:
+            sample = ", ".join(sorted(map(str, state.keys()))[:6])
+            raise ValueError(f"FaceID adapter '{name}' is not an IP-Adapter file: expected the sections image_proj and "
+                             f"ip_adapter (nested, or flattened as image_proj.* / ip_adapter.* keys); found keys like "
+                             f"{sample or '(none)'}. {WHERE_TO_GET}.")
+    for section, tensors in (("image_proj", image_proj), ("ip_adapter", ip_adapter)):
+        for k, v in tensors.items():
+            if not isinstance(v, torch.Tensor):
+                raise ValueError(f"FaceID adapter '{name}': {section}.{k} is a {type(v).__name__}, not a tensor.")
+    return image_proj, ip_adapter
+
+
+def faceid_adapter_from_state_dict(state: Mapping, name: str) -> FaceIDAdapter:
+    """Validate a loaded checkpoint and wrap it as a `FaceIDAdapter` (errors name the file)."""
+    image_proj, ip_adapter = _split_sections(state, name)
+
+    missing = [k for k in IMAGE_PROJ_KEYS if k not in image_proj]
+    extra = sorted(set(image_proj) - set(IMAGE_PROJ_KEYS))
+    if missing or extra:
+        hint = ""
+        if any("perceiver" in k or "latents" in k or "proj_in" in k for k in image_proj):
+            hint = " It looks like a FaceID Plus / Portrait or image IP-Adapter, which this node does not use."
+        raise ValueError(f"FaceID adapter '{name}' is not an IP-Adapter-FaceID file: its image_proj must hold exactly "
+                         f"{', '.join(IMAGE_PROJ_KEYS)} (missing: {', '.join(missing) or 'none'}; unexpected: "
+                         f"{', '.join(extra[:6]) or 'none'}).{hint} {WHERE_TO_GET}.")
+    w1, b1, w2, b2 = (image_proj[k] for k in IMAGE_PROJ_KEYS[:4])
+    nw, nb = image_proj["norm.weight"], image_proj["norm.bias"]
+    D = int(nw.shape[0]) if nw.ndim == 1 else -1
+    ok = (w1.ndim == 2 and b1.shape == (w1.shape[0],) and w2.ndim == 2 and w2.shape[1] == w1.shape[0]
+          and b2.shape == (w2.shape[0],) and nw.ndim == 1 and nb.shape == nw.shape and D > 0 and w2.shape[0] % D == 0)
+    if not ok:
+        raise ValueError(f"FaceID adapter '{name}': the projection's shapes are inconsistent (proj.0 {tuple(w1.shape)}, "
+                         f"proj.2 {tuple(w2.shape)}, norm {tuple(nw.shape)}); the file is damaged or not a FaceID adapter.")
+
+    processors: Dict[int, Dict[str, torch.Tensor]] = {}
+    for key, tensor in ip_adapter.items():
+        m = _IP_KEY.match(str(key))
+        if m is None:
+            raise ValueError(f"FaceID adapter '{name}': unexpected key ip_adapter.{key} (expected {{n}}.to_k_ip.weight, "
+                             f"{{n}}.to_v_ip.weight or {{n}}.to_{{q,k,v,out}}_lora.{{down,up}}.weight).")
+        processors.setdefault(int(m.group(1)), {})[m.group(2)] = tensor
+    if not processors:
+        raise ValueError(f"FaceID adapter '{name}' has no attention layers in ip_adapter.")
+    P = max(processors) + 1
+    if P % 2:
+        raise ValueError(f"FaceID adapter '{name}': the attention layers must come in self/cross pairs, but the last "
+                         f"layer is number {P - 1}.")
+    for n in range(P):
+        p = processors.get(n, {})
+        has_ip = "to_k_ip" in p or "to_v_ip" in p
+        if n % 2 == 1:
+            if "to_k_ip" not in p or "to_v_ip" not in p:
+                raise ValueError(f"FaceID adapter '{name}': cross-attention layer {n} lacks to_k_ip/to_v_ip "
+                                 f"(the file is incomplete).")
+            k_ip, v_ip = p["to_k_ip"], p["to_v_ip"]
+            if k_ip.ndim != 2 or k_ip.shape != v_ip.shape or k_ip.shape[1] != D:
+                raise ValueError(f"FaceID adapter '{name}': layer {n} to_k_ip {tuple(k_ip.shape)} / to_v_ip "
+                                 f"{tuple(v_ip.shape)} must both be (inner width, {D}).")
+        elif has_ip:
+            raise ValueError(f"FaceID adapter '{name}': self-attention layer {n} carries to_k_ip/to_v_ip, which only "
+                             f"cross-attention layers (odd numbers) have.")
+        for proj in LORA_PROJECTIONS:
+            down, up = p.get(f"{proj}_lora.down"), p.get(f"{proj}_lora.up")
+            if (down is None) != (up is None):
+                raise ValueError(f"FaceID adapter '{name}': layer {n} has only half of its {proj} LoRA (down and up "
+                                 f"must both be present).")
+            if down is not None and (down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]):
+                raise ValueError(f"FaceID adapter '{name}': layer {n} {proj} LoRA shapes do not chain "
+                                 f"(up {tuple(up.shape)}, down {tuple(down.shape)}).")
+    return FaceIDAdapter(name=name, image_proj=dict(image_proj), processors=processors, num_processors=P)
+
+
+def load_faceid_adapter(path: str) -> FaceIDAdapter:
+    """Load an IP-Adapter-FaceID checkpoint (.bin torch pickle or .safetensors) without running any code
+    it might contain, and validate its layout."""
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"FaceID adapter '{name}' not found at {path}. {WHERE_TO_GET}.")
+    return faceid_adapter_from_state_dict(_load_state(path), name)
