@@ -1,0 +1,43 @@
+"""Identity-guided conditioning: the FaceID adapter on a MODEL, identity on the conditional branch."""
+from .common import EMBEDDING, FACEID_ADAPTER, category
+from . import _comfy_model
+
+
+class RevPersIdentityConditioning:
+    DESCRIPTION = (
+        "Puts the FaceID adapter on a MODEL (its LoRA at weight 1 and identity attention in every cross-attention) "
+        "so that the conditional branch sees each face's identity tokens and the unconditional branch the tokens of "
+        "the null (zero) embedding. With negative guidance in the Anonymized Sampler this pushes the result away from "
+        "the person. Without an embedding it gives the inversion's model: adapter and LoRA active, null identity on "
+        "both branches. Works on a clone: the input MODEL is unchanged, and other patches and LoRAs are kept.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model (SDXL for ip-adapter-faceid_sdxl.bin)."}),
+                "faceid_adapter": (FACEID_ADAPTER, {"tooltip": "From FaceID Adapter Loader."}),
+                "ip_adapter_scale": ("FLOAT", {
+                    "default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
+                    "tooltip": "Weight of the identity attention (the reference uses 1.0)."}),
+            },
+            "optional": {
+                "embedding": (EMBEDDING, {
+                    "tooltip": "Identity embeddings, one row per face in the order of the latents. Leave "
+                               "unconnected for the model that RevPers Invert needs."}),
+            },
+        }
+
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The MODEL with the FaceID adapter: identity on the conditional branch (or the null identity "
+                       "on both when no embedding is connected).",)
+    FUNCTION = "apply"
+    CATEGORY = category("Identity")
+
+    def apply(self, model, faceid_adapter, ip_adapter_scale, embedding=None):
+        return (_comfy_model.apply_faceid(model, faceid_adapter, embedding, float(ip_adapter_scale)),)
+
+
+NODE_CLASS_MAPPINGS = {"RevPersIdentityConditioning": RevPersIdentityConditioning}
+NODE_DISPLAY_NAME_MAPPINGS = {"RevPersIdentityConditioning": "Identity Conditioning (RevPers)"}

@@ -1,0 +1,77 @@
+"""Inverse diffusion: edit-friendly DDPM inversion of face latents."""
+from .common import INVERSION, Progress, category
+from . import _comfy_model
+
+
+def _check_inversion_model(model):
+    tokens = _comfy_model.identity_of(model)
+    if tokens is None:
+        raise ValueError("RevPers Invert needs the MODEL from Identity Conditioning with NO embedding connected (the "
+                         "FaceID adapter with the null identity on both branches); this MODEL has no FaceID adapter")
+    if tokens.has_identity:
+        raise ValueError("RevPers Invert needs the MODEL from an Identity Conditioning node with NO embedding connected "
+                         "(null identity on both branches); this MODEL carries identity embeddings - use it for the "
+                         "Anonymized Sampler instead")
+
+
+def _check_latent(latent):
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if samples is None or samples.ndim != 4 or samples.shape[0] < 1:
+        raise ValueError("the LATENT must hold a batch of face latents [faces, channels, height, width] (VAE Encode "
+                         "the aligned face crops)")
+    return samples
+
+
+class RevPersInvert:
+    DESCRIPTION = (
+        "Edit-friendly DDPM inversion (SDE-DPM-Solver++ 2M), the paper's first stage: finds the start latent x_T and "
+        "the noise map of every step such that replaying the solver reproduces the input faces exactly. All faces of "
+        "the batch are inverted together, one model call per step. Use the MODEL from Identity Conditioning WITHOUT "
+        "an embedding, 'conditioning' = CLIP Text Encode of an empty prompt and 'unconditional' = Attribute Text "
+        "with empty text (zeros), and the same guidance as the sampler.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "Identity Conditioning output with no embedding (adapter active, null "
+                                               "identity on both branches)."}),
+                "latent": ("LATENT", {"tooltip": "VAE-encoded face crops, one per face."}),
+                "conditioning": ("CONDITIONING", {"tooltip": "Conditional branch: CLIP Text Encode of \"\"."}),
+                "unconditional": ("CONDITIONING", {"tooltip": "Unconditional branch: zeros (Attribute Text with "
+                                                              "empty text)."}),
+                "guidance": ("FLOAT", {
+                    "default": -10.0, "min": -30.0, "max": 30.0, "step": 0.5,
+                    "tooltip": "Guidance scale of the inversion; the reference inverts with the sampler's -10."}),
+                "steps": ("INT", {"default": 100, "min": 2, "max": 1000,
+                                  "tooltip": "Solver steps (the paper uses 100)."}),
+                "skip": ("FLOAT", {
+                    "default": 0.7, "min": 0.01, "max": 0.99, "step": 0.01,
+                    "tooltip": "Fraction of the noise schedule skipped at the noisy end: higher keeps more of the "
+                               "input (pose, light, background), lower changes more. 0.7 = timesteps 299..1."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
+                                 "tooltip": "Seed of the noise drawn for the inversion (each face uses it alike)."}),
+            }
+        }
+
+    RETURN_TYPES = (INVERSION, "LATENT")
+    RETURN_NAMES = ("inversion", "x_T")
+    OUTPUT_TOOLTIPS = ("x_T, the noise maps and the schedule, for the Anonymized Sampler.",
+                       "The inverted start latent x_T (for inspection).")
+    FUNCTION = "invert"
+    CATEGORY = category("Diffusion")
+
+    def invert(self, model, latent, conditioning, unconditional, guidance, steps, skip, seed):
+        samples = _check_latent(latent)
+        _check_inversion_model(model)
+        if int(steps) < 2:
+            raise ValueError(f"steps must be at least 2 (got {steps})")
+        if not 0.0 < float(skip) < 1.0:
+            raise ValueError(f"skip must lie strictly between 0 and 1 (got {skip}); the paper uses 0.7")
+        record, x_T = _comfy_model.run_inversion(model, samples, conditioning, unconditional, float(guidance),
+                                                 int(steps), float(skip), int(seed), on_step=Progress(int(steps)))
+        return (record, {"samples": x_T})
+
+
+NODE_CLASS_MAPPINGS = {"RevPersInvert": RevPersInvert}
+NODE_DISPLAY_NAME_MAPPINGS = {"RevPersInvert": "Invert (RevPers)"}

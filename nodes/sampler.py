@@ -1,0 +1,76 @@
+"""Anonymized sampling: replay the inversion under identity-guided negative guidance."""
+import logging
+
+from .common import INVERSION, Progress, category
+from . import _comfy_model
+
+log = logging.getLogger("revpers")
+
+
+def check_identity(model, record):
+    """The MODEL must carry one identity embedding per inverted face (privacy: never sample without one)."""
+    tokens = _comfy_model.identity_of(model)
+    if tokens is None or not tokens.has_identity:
+        raise ValueError("the MODEL carries no identity: connect the MODEL from Identity Conditioning WITH the faces' "
+                         "embeddings. Without an identity the sampler would reproduce the input faces, not "
+                         "anonymize them.")
+    if tokens.faces != record.batch_size:
+        raise ValueError(f"the MODEL carries {tokens.faces} identity embedding(s) but the inversion holds "
+                         f"{record.batch_size} face(s): connect exactly one embedding per face, in the order of the "
+                         "latents that were inverted")
+
+
+class RevPersAnonymizedSampler:
+    DESCRIPTION = (
+        "Anonymized sampling, the paper's second stage: starts from the inversion's x_T and replays its solver with "
+        "the recorded noise maps, now with the identity on the conditional branch and NEGATIVE guidance, which pushes "
+        "each face away from its identity and toward the 'attribute' branch, while pose, expression, light and "
+        "background follow the inversion. One model call per step for all faces and both branches. "
+        "reference_compat reproduces the published code's numerics, quirks included.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "Identity Conditioning output WITH the faces' embeddings."}),
+                "conditioning": ("CONDITIONING", {"tooltip": "Identity branch text: CLIP Text Encode of \"\"."}),
+                "attribute": ("CONDITIONING", {"tooltip": "From Attribute Text: what the face is pulled toward "
+                                                          "(empty text = zeros)."}),
+                "inversion": (INVERSION, {"tooltip": "From RevPers Invert."}),
+                "guidance": ("FLOAT", {
+                    "default": -10.0, "min": -30.0, "max": 30.0, "step": 0.5,
+                    "tooltip": "Guidance scale; negative moves away from the identity (the paper uses -10). "
+                               "Stronger = more different, less faithful."}),
+                "reference_compat": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "Reproduce the published code exactly, quirks included (solver state carried over "
+                               "from the inversion, first-order last step below 15 steps, default-size SDXL "
+                               "conditioning). Off = the clean method, which reconstructs exactly."}),
+                "reference_size": ("INT", {
+                    "default": 1024, "min": 64, "max": 8192, "step": 8,
+                    "tooltip": "Only with reference_compat: the SDXL size conditioning the reference passes during "
+                               "sampling (its pipeline default, 1024)."}),
+            }
+        }
+
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The anonymized face latents; VAE Decode them.",)
+    FUNCTION = "sample"
+    CATEGORY = category("Diffusion")
+
+    def sample(self, model, conditioning, attribute, inversion, guidance, reference_compat, reference_size):
+        check_identity(model, inversion)
+        tokens = _comfy_model.identity_of(model)
+        if guidance >= 0 or tokens.scale == 0:
+            log.warning("revpers: guidance %.2f with ip_adapter_scale %.2f does not push the faces away from their "
+                        "identities (anonymization needs negative guidance and a non-zero scale)", guidance,
+                        tokens.scale)
+        out = _comfy_model.run_sampling(model, inversion, conditioning, attribute, float(guidance),
+                                        bool(reference_compat), int(reference_size),
+                                        on_step=Progress(inversion.steps))
+        return ({"samples": out},)
+
+
+NODE_CLASS_MAPPINGS = {"RevPersAnonymizedSampler": RevPersAnonymizedSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"RevPersAnonymizedSampler": "Anonymized Sampler (RevPers)"}
