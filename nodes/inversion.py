@@ -46,7 +46,7 @@ class RevPersInvert:
                 "steps": ("INT", {"default": 100, "min": 2, "max": 1000,
                                   "tooltip": "Solver steps (the paper uses 100)."}),
                 "skip": ("FLOAT", {
-                    "default": 0.7, "min": 0.01, "max": 0.99, "step": 0.01,
+                    "default": 0.7, "min": 0.01, "max": 0.99, "step": 0.01, "round": False,
                     "tooltip": "Fraction of the noise schedule skipped at the noisy end: higher keeps more of the "
                                "input (pose, light, background), lower changes more. 0.7 = timesteps 299..1."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,

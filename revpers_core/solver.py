@@ -115,6 +115,9 @@ def inversion_timesteps(steps: int, skip: float, num_train_timesteps: int = 1000
         raise ValueError(f"steps must be an integer of at least 2 (got {steps})")
     if not (0.0 < float(skip) < 1.0):
         raise ValueError(f"skip must lie strictly between 0 and 1 (got {skip}); 0.7 is the paper's value")
+    # Snap skip to 6 decimals: UI float widgets deliver values such as 0.7000000000000001, which
+    # would truncate the first timestep to 298 instead of the reference's 299.
+    skip = round(float(skip), 6)
     T = int(num_train_timesteps)
     start = T - skip * T - 1
     if start < 1:

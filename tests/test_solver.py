@@ -31,6 +31,15 @@ def test_timesteps_match_reference():
     assert ts[0] == 299 and ts[-1] == 1 and len(ts) == 100 and bool(torch.all(ts[1:] < ts[:-1]))
 
 
+def test_timesteps_ignore_ui_float_noise():
+    # ComfyUI's float widgets deliver 0.7 as 0.7000000000000001 (70 * 0.01); the first timestep must
+    # still be the reference's 299, not 298.
+    assert 0.7000000000000001 != 0.7
+    noisy = inversion_timesteps(10, 0.7000000000000001)
+    assert noisy.tolist() == inversion_timesteps(10, 0.7).tolist()
+    assert int(noisy[0]) == 299
+
+
 @pytest.mark.parametrize("steps,skip,match", [
     (1, 0.7, "at least 2"), (0, 0.7, "at least 2"), (10, 0.0, "strictly between 0 and 1"),
     (10, 1.0, "strictly between 0 and 1"), (10, -0.2, "strictly between"), (100, 0.99, "repeating a timestep"),
