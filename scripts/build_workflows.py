@@ -59,7 +59,7 @@ LAYOUT = """(note) => {
     const text = LiteGraph.createNode("Note");
     text.widgets[0].value = note;
     text.pos = [40, Math.max(...nodes.map(n => n.pos[1] + n.size[1])) + 80];
-    text.size = [560, 220];
+    text.size = [760, 240];
     app.graph.add(text);
     app.graph.setDirtyCanvas(true, true);
     return JSON.parse(JSON.stringify(app.graph.serialize()));
@@ -76,6 +76,8 @@ def main():
             api = json.loads(source.read_text())
             note_path = source.with_suffix(".md")
             note = note_path.read_text().strip() if note_path.exists() else source.stem
+            # one line per paragraph: the note's text area wraps by itself
+            note = "\n\n".join(" ".join(p.split()) for p in note.split("\n\n"))
             page.evaluate("(api) => app.loadApiJson(api)", api)
             ui = page.evaluate(LAYOUT, note)
             target = REPO / "workflows" / source.name

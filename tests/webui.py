@@ -20,7 +20,7 @@ def chromium_available():
 
 
 @contextlib.contextmanager
-def web_ui(url, width=1600, height=1000):
+def web_ui(url, width=2560, height=1280):
     """A Playwright page on the ComfyUI front end at `url`, ready (app.graph exists), with the
     browser console collected in `page.console_lines`."""
     from playwright.sync_api import sync_playwright
@@ -103,7 +103,8 @@ _FIT_VIEW = """() => {
     const x0 = Math.min(...nodes.map(n => n.pos[0])), y0 = Math.min(...nodes.map(n => n.pos[1] - 30));
     const x1 = Math.max(...nodes.map(n => n.pos[0] + n.size[0])), y1 = Math.max(...nodes.map(n => n.pos[1] + n.size[1]));
     const canvas = app.canvas.canvas;
-    const scale = Math.min(canvas.width / (x1 - x0 + 80), canvas.height / (y1 - y0 + 80));
+    // LiteGraph draws no text below a zoom of 0.6; stay at or above it (the view may then crop).
+    const scale = Math.max(0.62, Math.min(canvas.width / (x1 - x0 + 80), canvas.height / (y1 - y0 + 80)));
     app.canvas.ds.scale = scale;
     app.canvas.ds.offset = [40 / scale - x0, 40 / scale - y0];
     app.graph.setDirtyCanvas(true, true);
