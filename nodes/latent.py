@@ -1,0 +1,42 @@
+"""VAE encoding as the method needs it: the mode of the VAE's latent distribution."""
+from .common import category
+
+
+class RevPersVAEEncode:
+    DESCRIPTION = (
+        "Encodes face crops to latents with the mode (mean) of the VAE's latent distribution, as the "
+        "reference does. ComfyUI releases before mid-2025 draw a random sample in VAE Encode instead, so "
+        "the same photo gives a different inversion, and a different anonymized face, on every run; this "
+        "node gives the same latents every time on every ComfyUI version.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pixels": ("IMAGE", {"tooltip": "Face crops (from Detect and Align Faces, or an aligned face)."}),
+                "vae": ("VAE", {"tooltip": "The checkpoint's VAE."}),
+            }
+        }
+
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The crops' latents, one per face; connect to Invert.",)
+    FUNCTION = "encode"
+    CATEGORY = category("Diffusion")
+
+    def encode(self, pixels, vae):
+        # The sampling switch of ComfyUI's KL-regularized autoencoders; newer releases default it to off.
+        regularizer = getattr(getattr(vae, "first_stage_model", None), "regularization", None)
+        sampling = bool(getattr(regularizer, "sample", False))
+        if sampling:
+            regularizer.sample = False
+        try:
+            samples = vae.encode(pixels[:, :, :, :3])
+        finally:
+            if sampling:
+                regularizer.sample = True
+        return ({"samples": samples},)
+
+
+NODE_CLASS_MAPPINGS = {"RevPersVAEEncode": RevPersVAEEncode}
+NODE_DISPLAY_NAME_MAPPINGS = {"RevPersVAEEncode": "VAE Encode (mode) (RevPers)"}
