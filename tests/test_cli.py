@@ -2,6 +2,7 @@
 workflow knobs, and the whole client path (upload, queue, websocket progress, download, failure
 messages) against the session's real ComfyUI server."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -111,7 +112,7 @@ def test_workflow_problems_are_named(photo, tmp_path, capsys):
                         "--guidance", "-5", "--attribute", "an old man"], capsys)
     assert code == cli.EXIT_USAGE
     assert "--guidance (the workflow has no RevPersAnonymizedSampler.guidance or RevPersInvert.guidance)" in err
-    assert "--attribute (the workflow has no RevPersAttributeText.text)" in err
+    assert "--attribute (the workflow has no RevPersAnonymizedSampler.attribute)" in err
     code, _, err = run(["anonymize", photo, "-o", tmp_path / "o.png", "--workflow", tmp_path / "absent.json"], capsys)
     assert code == cli.EXIT_USAGE and "absent.json does not exist" in err
 
@@ -120,9 +121,11 @@ def test_knobs_land_on_the_nodes_by_class_type():
     graph = {
         "1": {"class_type": "RevPersInvert", "inputs": {"skip": 0.7, "steps": 100, "seed": 0, "guidance": -10.0,
                                                         "model": ["9", 0]}},
-        "2": {"class_type": "RevPersAnonymizedSampler", "inputs": {"guidance": -10.0, "inversion": ["1", 0]}},
+        "2": {"class_type": "RevPersAnonymizedSampler", "inputs": {"guidance": -10.0, "inversion": ["1", 0],
+                                                                   "attribute": ["4", 0]}},
         "3": {"class_type": "RevPersDetectAlign", "inputs": {"max_faces": 0, "crop_size": 1024}},
         "4": {"class_type": "RevPersAttributeText", "inputs": {"text": ""}},
+        "7": {"class_type": "RevPersAttributeText", "inputs": {"text": ""}},  # the inversion's: stays empty
         "5": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
         "6": {"class_type": "RevPersInvert", "inputs": {"skip": 0.7, "steps": ["8", 0], "seed": 0}},
     }
@@ -134,6 +137,7 @@ def test_knobs_land_on_the_nodes_by_class_type():
     assert out["2"]["inputs"]["guidance"] == -4.0
     assert out["3"]["inputs"] == {"max_faces": 2, "crop_size": 512}
     assert out["4"]["inputs"]["text"] == "an old man"
+    assert out["7"]["inputs"]["text"] == ""
     assert out["5"]["inputs"]["ckpt_name"] == "own.safetensors"
     assert graph["1"]["inputs"]["skip"] == 0.7  # the workflow itself is not modified
     assert cli.apply_knobs(graph, {"skip": None}) == graph
@@ -271,6 +275,7 @@ def test_standin_weights_run_on_a_local_host_it_starts_and_stops(photo, tmp_path
     (host,) = started
     assert not host.running and host.models_dir == (REPO / ".host" / "test-models").resolve()
     assert "--cpu" in host.extra_args  # no CUDA here
+    assert "--bf16-unet" in host.extra_args  # the stand-in setting for a CPU
 
 
 def test_a_host_that_cannot_start_reports_its_log(tmp_path):
@@ -287,3 +292,114 @@ def test_a_host_that_cannot_start_reports_its_log(tmp_path):
     shutil.rmtree(Path(host.log_path).parent, ignore_errors=True)
     with pytest.raises(FileNotFoundError, match="main.py is missing"):
         ComfyHost(tmp_path)
+
+
+# --- the quick start's example photo and stand-in settings -------------------------------------
+
+def test_example_or_photo_exactly_one(tmp_path, capsys, photo):
+    assert "give a photo or --example group, not both" in usage_error(
+        ["anonymize", photo, "--example", "group", "-o", tmp_path / "o.png"], capsys)
+    assert "give the photo to anonymize (or --example group" in usage_error(
+        ["anonymize", "-o", tmp_path / "o.png"], capsys)
+    assert "invalid choice: 'nope'" in usage_error(["anonymize", "--example", "nope", "-o", tmp_path / "o.png"], capsys)
+
+
+def test_example_group_marker_faces_sit_on_real_faces_and_are_what_the_standin_detector_finds(tmp_path):
+    """With stand-in weights the example is InsightFace's group photo with marker faces drawn over three
+    of its real faces (dlib finds the real ones); the stand-in buffalo_l finds exactly those three, and
+    nothing in the plain photo, which is what real weights get."""
+    import cv2
+    from faces_fixtures import dlib_faces
+    from revpers_core.faces.analysis import FaceAnalyser
+    from revpers_core.standins.buffalo_l import write_buffalo_l
+
+    source = cli.example_source("group")
+    assert source.name == "t1.jpg" and source.parent.name == "images"
+    plain, lines = cli.example_photo("group", False, tmp_path)
+    assert plain == source and "t1.jpg" in lines[0]
+
+    marked, lines = cli.example_photo("group", True, tmp_path)
+    assert marked.parent == tmp_path and "marker faces" in " ".join(lines)
+    original = np.asarray(Image.open(source).convert("RGB"))
+    drawn = np.asarray(Image.open(marked).convert("RGB"))
+    assert drawn.shape == original.shape
+    markers = cli.EXAMPLES["group"]["markers"]
+    real = [box for box, _, _ in dlib_faces(original)]
+    assert len(real) == 6
+    for (cx, cy), radius, _ in markers:
+        assert any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in real), (cx, cy)  # over a real face
+        assert np.abs(drawn[cy, cx].astype(int) - original[cy, cx].astype(int)).sum() > 100
+    far = np.ones(original.shape[:2], bool)
+    ys, xs = np.mgrid[0:original.shape[0], 0:original.shape[1]]
+    for (cx, cy), radius, _ in markers:
+        far &= (xs - cx) ** 2 + (ys - cy) ** 2 > (radius + 2) ** 2
+    assert np.array_equal(drawn[far], original[far])  # nothing else drawn
+
+    folder = tmp_path / "buffalo_l"
+    write_buffalo_l(folder, seed=0)
+    analyser = FaceAnalyser(str(folder), det_size=640)
+    found = analyser.detect(cv2.imread(str(marked)), 0.5)
+    assert len(found) == len(markers)
+    centres = sorted(((d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2) for d in found)
+    for (fx, fy), ((cx, cy), _, _) in zip(centres, sorted(markers)):
+        assert abs(fx - cx) < 4 and abs(fy - cy) < 4
+    assert analyser.detect(cv2.imread(str(source)), 0.5) == []
+
+
+def test_standin_settings_are_documented_and_passed_to_the_local_server():
+    help_text = " ".join(cli.build_parser().commands["anonymize"].format_help().split())
+    assert f"--steps {cli.STANDIN_DEFAULTS['steps']}, --crop-size {cli.STANDIN_DEFAULTS['crop_size']}" in help_text
+    assert "bf16" in help_text and "--standin-unet" in help_text
+    p = cli.build_parser()
+    cpu = None
+    try:
+        import torch
+        cpu = not torch.cuda.is_available()
+    except ImportError:
+        pass
+    if not cpu:
+        pytest.skip("a CUDA machine: the local server gets no CPU settings")
+    a = p.parse_args(["anonymize", "--example", "group", "-o", "o.png", "--standin-weights"])
+    assert cli._host_args(a) == ["--cpu", "--bf16-unet", "--use-pytorch-cross-attention"]
+    a = p.parse_args(["anonymize", "x.png", "-o", "o.png", "--standin-weights", "--standin-unet", "fp32",
+                      "--server-args", "--preview-method none"])
+    assert cli._host_args(a) == ["--cpu", "--use-pytorch-cross-attention", "--preview-method", "none"]
+    assert cli._host_args(p.parse_args(["anonymize", "x.png", "-o", "o.png"])) == ["--cpu"]
+
+
+def test_example_job_on_standins_shows_progress_and_the_anonymity_figures(tmp_path, capsys):
+    """The quick start's main job end to end (the shipped photo workflow, the example photo with its
+    marker faces, a local server the command starts and stops), on the SD1.5 stand-ins to keep it
+    short; .ci/run runs the README's SDXL command itself."""
+    out = tmp_path / "anonymized.png"
+    code, stdout, err = run(["anonymize", "--example", "group", "-o", out, "--standin-weights",
+                             "--standin-arch", "sd15", "--models", REPO / ".host" / "test-models"], capsys)
+    assert code == cli.EXIT_OK, err
+    assert "3 marker faces are drawn over real faces" in err
+    assert "RevPersInvert [25]: 100%" in err and "RevPersAnonymizedSampler [26]: 100%" in err  # progress bars
+    assert "anonymity check:" in stdout
+    figures = re.findall(r"face (\d) \(image 0\): ([+-]\d\.\d{3})\s+ok", stdout)
+    assert [f[0] for f in figures] == ["0", "1", "2"] and all(abs(float(f[1])) < 0.3 for f in figures)
+    result = np.asarray(Image.open(out).convert("RGB"))
+    assert result.shape == (886, 1280, 3)
+    shutil.copy(out, artifact_dir("cli") / "example_group_sd15_standins.png")
+    print(stdout)
+
+
+def test_standins_are_taken_from_another_models_folder_instead_of_regenerated(tmp_path):
+    """scripts/standins.py --reuse: a current stand-in (same kind, seed and generator) in another models
+    folder is hard-linked with its marker; one for another seed is not taken."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import standins
+
+    logs = []
+    made = standins.generate_faceid(tmp_path / "quickstart", "sd15", seed=0, log=logs.append)
+    taken = standins.generate_faceid(tmp_path / "tests", "sd15", seed=0, log=logs.append,
+                                     reuse=[tmp_path / "quickstart"])
+    assert "hard-linked from" in logs[-1]
+    assert taken.stat().st_ino == made.stat().st_ino and standins.is_current(taken, "faceid-sd15", 0)
+    standins.generate_faceid(tmp_path / "tests", "sd15", seed=0, log=logs.append, reuse=[tmp_path / "quickstart"])
+    assert logs[-1].endswith("kept")
+    other = standins.generate_faceid(tmp_path / "seed1", "sd15", seed=1, log=logs.append,
+                                     reuse=[tmp_path / "quickstart"])
+    assert "hard-linked" not in logs[-1] and other.read_bytes() != made.read_bytes()
