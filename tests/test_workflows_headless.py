@@ -1,0 +1,418 @@
+"""The shipped API workflows, posted headless to a real ComfyUI server with stand-in weights.
+
+Each workflow is loaded from workflows/api/ and posted with only these changes:
+  * the LoadImage image (an uploaded marker-face picture: the stand-in detector sees nothing else)
+    and the checkpoint file name (the stand-in's; the adapter and buffalo_l keep their real names);
+  * for the CPU budget, RevPersInvert.steps = STEPS instead of 100, and in the photo workflows
+    RevPersDetectAlign.crop_size = CROP instead of 1024. The aligned-face workflow gets a 64x64
+    face, so its size needs no override. Measured on the 2-core CI machine with the full-size SDXL
+    stand-in in bf16 (as the quick start runs it): the aligned-face workflow on a 64x64 face took 27 s
+    with 3 steps and 232 s with 23 steps, ~10 s per step (two UNet calls: ComfyUI casts all 2.6 B UNet
+    weights to float32 on every call on a CPU), so the paper's 100 steps would take ~17 minutes per
+    run; 1024 px crops far longer.
+  * the aligned-face workflow's anonymity check finds the face to measure by detecting it in the
+    output; the random-weight output holds no marker face, so the unchanged graph stops there (the
+    check fails closed: asserted); it completes with fail_if_recognizable off.
+
+Covered: every workflow runs to completion and returns an image of the input's size; the same seed
+twice (the same picture uploaded under another name, so nothing is cached away) gives identical
+pixels (the workflows encode with the pack's VAE Encode (mode): the 2024 host's own VAEEncode draws
+from the VAE posterior with an unseeded RNG); bad inputs
+give readable execution errors (or the validation message) and the server then runs a good prompt; a change of guidance or attribute text re-runs only the sampler and what follows
+it (from the websocket's execution_cached/executing events); 20 prompts queued back to back all
+complete with their outputs.
+"""
+import json
+import time
+import uuid
+
+import numpy as np
+import pytest
+import websocket
+
+from harness import PromptRejected
+from paths import artifact_dir
+from standin_models import (FACEID_SD15, _sdxl_server_module, cached_nodes, decode, executed_nodes,  # noqa: F401
+                            load_workflow, marker_picture, background, nodes_of, only, output_images, png_bytes,
+                            sdxl_server, standin_buffalo, standin_sd15_adapter, standin_sdxl, with_inputs)
+
+pytestmark = pytest.mark.server
+
+STEPS = 3    # shipped: 100
+CROP = 64    # shipped: 1024 (photo workflows)
+TIMEOUT = 1800
+
+PHOTO_FACES = [((70, 80), 28, 11), ((170, 76), 24, 22)]
+PHOTO_SIZE = (240, 160)
+ALIGNED_FACE = [((32, 33), 22, 5)]
+
+FIGURES = {}
+_say = [print]
+
+
+@pytest.fixture(autouse=True)
+def _terminal(request):
+    """Figures go straight to the terminal (also without -s), and to artifacts/workflows/figures.json."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+
+    def say(line):
+        if reporter is None or capture is None:
+            print(line)
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
+
+    _say[0] = say
+    yield
+
+
+def record(name, **figures):
+    FIGURES[name] = figures
+    path = artifact_dir("workflows") / "figures.json"
+    path.write_text(json.dumps(FIGURES, indent=1, default=str))
+    _say[0](f"\n[workflows] {name}: {json.dumps(figures, default=str)}")
+
+
+def upload(server, rgb_or_bytes, stem):
+    data = rgb_or_bytes if isinstance(rgb_or_bytes, bytes) else png_bytes(rgb_or_bytes)
+    return server.upload_image(data, f"{stem}-{uuid.uuid4().hex[:8]}.png")
+
+
+def prepared(name, image, checkpoint, **extra):
+    """A shipped workflow with only the input image, the checkpoint name and the CPU-budget settings
+    changed (see the module docstring); `extra` = {class_type: {input: value}} on top."""
+    graph = load_workflow(name)
+    graph = with_inputs(graph, "LoadImage", image=image)
+    graph = with_inputs(graph, "CheckpointLoaderSimple", ckpt_name=checkpoint)
+    graph = with_inputs(graph, "RevPersInvert", steps=STEPS)
+    if nodes_of(graph, "RevPersDetectAlign"):
+        graph = with_inputs(graph, "RevPersDetectAlign", crop_size=CROP)
+    for class_type, values in extra.items():
+        graph = with_inputs(graph, class_type, **values)
+    return graph
+
+
+def timed_run(server, graph):
+    t0 = time.monotonic()
+    result = server.run(graph, timeout=TIMEOUT)
+    return result, round(time.monotonic() - t0, 1)
+
+
+def the_output(server, result, graph):
+    (image,) = output_images(server, result, only(graph, "SaveImage"))
+    return image
+
+
+def check_text(result, graph):
+    return result.outputs[only(graph, "RevPersAnonymityCheck")]["text"][0]
+
+
+# --- each workflow runs, right size, same seed -> same pixels ------------------------------------
+
+def test_aligned_face_workflow_runs(sdxl_server, standin_sdxl):
+    face = marker_picture(64, 64, ALIGNED_FACE, seed=1)
+    graph = prepared("anonymize_aligned_face", upload(sdxl_server, face, "aligned"), standin_sdxl["checkpoint"])
+
+    # unchanged otherwise: everything runs up to the check, which cannot find a face in the
+    # random-weight output and stops the run instead of saving an unmeasured face
+    closed, t_closed = timed_run(sdxl_server, graph)
+    assert closed.status == "error"
+    assert closed.error["node_type"] == "RevPersAnonymityCheck", closed.message
+    assert "Anonymity check failed" in closed.error["exception_message"]
+    assert "no face found in anonymized image 0" in closed.error["exception_message"]
+    ran = executed_nodes(closed)
+    assert only(graph, "RevPersInvert") in ran and only(graph, "RevPersAnonymizedSampler") in ran
+    assert not closed.images()
+
+    # the same with the check reporting only: completes; only the check and what follows re-run
+    report_only = with_inputs(graph, "RevPersAnonymityCheck", fail_if_recognizable=False)
+    first, t_first = timed_run(sdxl_server, report_only)
+    assert first.status == "success", first.message
+    assert only(graph, "RevPersAnonymizedSampler") in cached_nodes(first)
+    assert set(executed_nodes(first)) == {only(graph, "RevPersAnonymityCheck"), only(graph, "SaveImage")}
+    image = the_output(sdxl_server, first, graph)
+    assert image.shape == face.shape
+    assert "no face found in anonymized image 0" in check_text(first, graph)
+
+    assert np.abs(image.astype(int) - face.astype(int)).mean() > 5  # not handed through
+    from PIL import Image
+    Image.fromarray(np.concatenate([face, image], axis=1)).save(artifact_dir("workflows") / "aligned_face.png")
+    record("aligned_face", steps=STEPS, size=list(face.shape), closed_s=t_closed, report_only_s=t_first)
+
+
+def test_photo_workflow_runs_and_reuses_on_guidance_change(sdxl_server, standin_sdxl):
+    width, height = PHOTO_SIZE
+    photo = marker_picture(width, height, PHOTO_FACES, seed=2)
+    graph = prepared("anonymize_photo", upload(sdxl_server, photo, "photo"), standin_sdxl["checkpoint"])
+    sampler, invert = only(graph, "RevPersAnonymizedSampler"), only(graph, "RevPersInvert")
+    detect, embed = only(graph, "RevPersDetectAlign"), only(graph, "RevPersArcFaceEmbedding")
+    encode = only(graph, "RevPersVAEEncode")
+
+    first, t_first = timed_run(sdxl_server, graph)
+    assert first.status == "success", first.message
+    image = the_output(sdxl_server, first, graph)
+    assert image.shape == photo.shape
+    text = check_text(first, graph)
+    assert "face 0 (image 0)" in text and "face 1 (image 0)" in text and "face 2" not in text
+
+    # only the sampler's guidance changed: detection, ArcFace, VAE encode and inversion come from
+    # the cache; the sampler and everything after it run again
+    guided = json.loads(json.dumps(graph))
+    guided[sampler]["inputs"]["guidance"] = -6.0
+    reuse, t_reuse = timed_run(sdxl_server, guided)
+    assert reuse.status == "success", reuse.message
+    cached, ran = cached_nodes(reuse), executed_nodes(reuse)
+    assert {detect, embed, encode, invert} <= set(cached), cached
+    assert not {detect, embed, encode, invert} & set(ran), ran
+    after = {sampler, only(graph, "VAEDecode"), only(graph, "RevPersPasteBack"),
+             only(graph, "RevPersAnonymityCheck"), only(graph, "SaveImage")}
+    assert set(ran) == after, ran
+    changed = the_output(sdxl_server, reuse, graph)
+    assert changed.shape == photo.shape and not np.array_equal(changed, image)
+
+    from PIL import Image
+    Image.fromarray(np.concatenate([photo, image, changed], axis=1)).save(artifact_dir("workflows") / "photo.png")
+    record("photo", steps=STEPS, crop=CROP, faces=len(PHOTO_FACES), size=list(photo.shape), first_s=t_first,
+           guidance_only_s=t_reuse, cached=cached, ran=ran, check=text)
+
+
+def vae_encode_spread(server, checkpoint, rgb, node):
+    """Encode the same picture twice with an encode node (LoadImage -> node -> SaveLatent, the picture
+    under two names so nothing is cached) and return the largest difference of the two latents: 0
+    where the node takes the posterior's mode, > 0 where it draws a sample."""
+    import safetensors.torch
+
+    latents = []
+    for tag in ("a", "b"):
+        graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+                 "2": {"class_type": "LoadImage", "inputs": {"image": upload(server, rgb, f"vae-{node}-{tag}")}},
+                 "3": {"class_type": node, "inputs": {"pixels": ["2", 0], "vae": ["1", 2]}},
+                 "4": {"class_type": "SaveLatent", "inputs": {"samples": ["3", 0], "filename_prefix": "revpers_vae"}}}
+        result = server.run(graph, timeout=TIMEOUT)
+        assert result.status == "success", result.message
+        (saved,) = result.outputs["4"]["latents"]
+        data = server.view(saved["filename"], saved.get("subfolder", ""), saved.get("type", "output"))
+        latents.append(safetensors.torch.load(data)["latent_tensor"])
+    return float((latents[0] - latents[1]).abs().max())
+
+
+@pytest.mark.parametrize("name", ["anonymize_aligned_face", "anonymize_photo"])
+def test_same_seed_twice_gives_the_identical_image(sdxl_server, standin_sdxl, name):
+    """The same picture (uploaded under two names, so the second run is not served from the cache)
+    with the same seed gives the same pixels, byte for byte."""
+    if name == "anonymize_aligned_face":
+        rgb = marker_picture(64, 64, ALIGNED_FACE, seed=6)
+        extra = {"RevPersAnonymityCheck": {"fail_if_recognizable": False}}  # see the module docstring
+    else:
+        rgb = marker_picture(*PHOTO_SIZE, PHOTO_FACES, seed=6)
+        extra = {}
+    images, ran = [], []
+    for tag in ("first", "second"):
+        graph = prepared(name, upload(sdxl_server, rgb, f"same-seed-{tag}"), standin_sdxl["checkpoint"], **extra)
+        result, _ = timed_run(sdxl_server, graph)
+        assert result.status == "success", result.message
+        images.append(the_output(sdxl_server, result, graph))
+        ran.append(set(executed_nodes(result)))
+    assert {only(graph, "RevPersInvert"), only(graph, "RevPersAnonymizedSampler")} <= ran[1]  # really re-run
+    assert images[0].shape == rgb.shape
+    changed = float((images[0] != images[1]).any(axis=2).mean())
+    assert np.array_equal(images[0], images[1]), f"{changed:.1%} of the pixels differ between two same-seed runs"
+
+
+def test_pack_vae_encode_is_deterministic_where_the_host_one_is_not(sdxl_server, standin_sdxl):
+    rgb = marker_picture(64, 64, ALIGNED_FACE, seed=8)
+    ours = vae_encode_spread(sdxl_server, standin_sdxl["checkpoint"], rgb, "RevPersVAEEncode")
+    hosts = vae_encode_spread(sdxl_server, standin_sdxl["checkpoint"], rgb, "VAEEncode")
+    record("vae_encode_spread", revpers=ours, host=hosts)
+    print(f"\nlargest latent difference, same picture encoded twice: RevPersVAEEncode {ours}, host VAEEncode {hosts}")
+    assert ours == 0.0
+
+
+@pytest.mark.parametrize("name", [
+    "anonymize_photo",
+    "anonymize_photo_attribute",
+])
+def test_attribute_text_change_reruns_only_the_sampler(sdxl_server, standin_sdxl, name):
+    width, height = PHOTO_SIZE
+    photo = marker_picture(width, height, PHOTO_FACES, seed=3)
+    graph = prepared(name, upload(sdxl_server, photo, name), standin_sdxl["checkpoint"])
+    sampler, invert = only(graph, "RevPersAnonymizedSampler"), only(graph, "RevPersInvert")
+    detect, embed = only(graph, "RevPersDetectAlign"), only(graph, "RevPersArcFaceEmbedding")
+
+    first, t_first = timed_run(sdxl_server, graph)
+    assert first.status == "success", first.message
+    image = the_output(sdxl_server, first, graph)
+    assert image.shape == photo.shape
+
+    attribute = graph[sampler]["inputs"]["attribute"][0]  # the Attribute Text the sampler reads
+    assert graph[attribute]["class_type"] == "RevPersAttributeText"
+    texted = json.loads(json.dumps(graph))
+    texted[attribute]["inputs"]["text"] = "a young woman with red hair"
+    reuse, t_reuse = timed_run(sdxl_server, texted)
+    assert reuse.status == "success", reuse.message
+    cached, ran = cached_nodes(reuse), executed_nodes(reuse)
+    record(f"attribute_change/{name}", first_s=t_first, attribute_only_s=t_reuse, cached=cached, ran=ran)
+    assert sampler in ran and attribute in ran
+    assert {detect, embed, invert} <= set(cached), f"not cached: {sorted({detect, embed, invert} - set(cached))}"
+    assert not {detect, embed, invert} & set(ran)
+    assert not np.array_equal(the_output(sdxl_server, reuse, graph), image)
+
+
+# --- bad inputs ----------------------------------------------------------------------------------
+
+def test_bad_inputs_fail_readably_and_the_server_runs_on(sdxl_server, standin_sdxl, standin_sd15_adapter):
+    width, height = PHOTO_SIZE
+    ckpt = standin_sdxl["checkpoint"]
+    good_photo = upload(sdxl_server, marker_picture(width, height, PHOTO_FACES, seed=4), "good")
+    errors = {}
+
+    def fails(graph, node_type, *phrases):
+        result, seconds = timed_run(sdxl_server, graph)
+        assert result.status == "error", f"expected {node_type} to fail"
+        assert result.error["node_type"] == node_type, result.message
+        message = result.error["exception_message"]
+        for phrase in phrases:
+            assert phrase in message, message
+        assert "Traceback" not in message
+        assert sdxl_server.alive()
+        errors[node_type] = message.splitlines()[0][:300]
+        return message
+
+    # a photo without a face: the run stops at detection, nothing is saved
+    no_face = upload(sdxl_server, background(width, height, seed=9), "no-face")
+    fails(prepared("anonymize_photo", no_face, ckpt), "RevPersDetectAlign", "no face")
+
+    # a file that is not a picture, uploaded as .png
+    not_image = upload(sdxl_server, b"these are words, not pixels\n" * 20, "not-a-picture")
+    fails(prepared("anonymize_photo", not_image, ckpt), "LoadImage", "cannot identify image file")
+
+    # a checkpoint that is not there: refused before anything runs, with the name and the choices
+    with pytest.raises(PromptRejected) as refused:
+        sdxl_server.queue(prepared("anonymize_photo", good_photo, "revpers-no-such-checkpoint.safetensors"))
+    assert refused.value.status == 400
+    text = str(refused.value)
+    assert "CheckpointLoaderSimple" in text and "revpers-no-such-checkpoint.safetensors" in text
+    assert "not in" in text and ckpt in text
+    errors["validation"] = text.splitlines()[0][:300]
+
+    # an adapter file that vanished after the server listed it (a link whose target is gone)
+    folder = sdxl_server.models_dir / "ipadapter"
+    vanished = folder / "revpers-test-vanished_sdxl.bin"
+    vanished.unlink(missing_ok=True)
+    vanished.symlink_to(folder / "revpers-test-deleted-target.bin")
+    try:
+        assert vanished.name in sdxl_server.object_info("RevPersFaceIDAdapterLoader")[
+            "RevPersFaceIDAdapterLoader"]["input"]["required"]["adapter_name"][0]
+        fails(prepared("anonymize_photo", good_photo, ckpt,
+                       RevPersFaceIDAdapterLoader={"adapter_name": vanished.name}),
+              "RevPersFaceIDAdapterLoader", vanished.name, "models/ipadapter", "huggingface.co/h94/IP-Adapter-FaceID")
+    finally:
+        vanished.unlink(missing_ok=True)
+
+    # the SD1.5 adapter on the SDXL checkpoint: the message names both
+    fails(prepared("anonymize_photo", good_photo, ckpt, RevPersFaceIDAdapterLoader={"adapter_name": FACEID_SD15}),
+          "RevPersIdentityConditioning", FACEID_SD15, "SDXL")
+
+    # after all that, a good prompt runs through
+    good_graph = prepared("anonymize_photo", good_photo, ckpt)
+    good, t_good = timed_run(sdxl_server, good_graph)
+    assert good.status == "success", good.message
+    assert only(good_graph, "RevPersAnonymizedSampler") in executed_nodes(good)
+    assert the_output(sdxl_server, good, good_graph).shape == (height, width, 3)
+    record("bad_inputs", errors=errors, good_after_s=t_good)
+
+
+# --- load ----------------------------------------------------------------------------------------
+
+LOAD_PROMPTS = 20
+LOAD_SIZE = (256, 128)
+
+
+def load_graph(image, prefix):
+    """The smallest graph that runs the pack's nodes end to end: detect and align the faces, invert
+    the crops' colours (ComfyUI's ImageInvert), paste them back, save."""
+    shipped = load_workflow("anonymize_photo")  # the pack nodes' settings as the main workflow has them
+    detect = shipped[only(shipped, "RevPersDetectAlign")]
+    loader = shipped[only(shipped, "RevPersFaceAnalysisLoader")]
+    return {
+        "1": {"class_type": "RevPersFaceAnalysisLoader", "inputs": dict(loader["inputs"])},
+        "2": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "3": {"class_type": "RevPersDetectAlign",
+              "inputs": {**detect["inputs"], "analysis": ["1", 0], "images": ["2", 0], "crop_size": 64}},
+        "4": {"class_type": "ImageInvert", "inputs": {"image": ["3", 0]}},
+        "5": {"class_type": "RevPersPasteBack",
+              "inputs": {"images": ["2", 0], "crops": ["4", 0], "faces": ["3", 1], "feather": 0.05}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": prefix}},
+    }
+
+
+def test_twenty_prompts_queued_back_to_back_all_complete(comfy_server, standin_buffalo):
+    width, height = LOAD_SIZE
+    pictures, faces, ids = [], [], []
+    rng = np.random.default_rng(20)
+    run_tag = uuid.uuid4().hex[:6]
+    for i in range(LOAD_PROMPTS):
+        centre = (int(rng.integers(40, width - 40)), int(rng.integers(40, height - 40)))
+        face = (centre, 22, 100 + i)
+        picture = marker_picture(width, height, [face], seed=100 + i)
+        name = comfy_server.upload_image(png_bytes(picture), f"load-{run_tag}-{i:02d}.png")
+        pictures.append(picture)
+        faces.append(face)
+        ids.append(name)
+    ws = comfy_server.connect()
+    t0 = time.monotonic()
+    prompt_ids = [comfy_server.queue(load_graph(name, f"revpers_load/{run_tag}_{i:02d}")) for i, name in enumerate(ids)]
+    t_queued = time.monotonic() - t0
+    assert len(set(prompt_ids)) == LOAD_PROMPTS
+
+    # follow the websocket until every prompt has finished
+    finished, failed, executed = set(), {}, {pid: [] for pid in prompt_ids}
+    deadline = time.monotonic() + 600
+    while len(finished) < LOAD_PROMPTS and time.monotonic() < deadline:
+        ws.settimeout(5)
+        try:
+            raw = ws.recv()
+        except websocket.WebSocketTimeoutException:
+            for pid in prompt_ids:  # the socket went quiet: ask the history
+                entry = comfy_server.history(pid)
+                if entry and entry.get("status", {}).get("completed") is not None:
+                    finished.add(pid)
+            continue
+        if not isinstance(raw, str):
+            continue
+        message = json.loads(raw)
+        kind, data = message.get("type"), message.get("data") or {}
+        pid = data.get("prompt_id") if isinstance(data, dict) else None
+        if pid not in executed:
+            continue
+        if kind == "executing":
+            if data.get("node") is None:
+                finished.add(pid)
+            else:
+                executed[pid].append(str(data["node"]))
+        elif kind == "execution_error":
+            failed[pid] = data.get("exception_message")
+            finished.add(pid)
+    t_all = time.monotonic() - t0
+    assert not failed, failed
+    assert finished == set(prompt_ids), f"{LOAD_PROMPTS - len(finished)} prompt(s) never finished"
+    assert comfy_server.session.get(comfy_server.url + "/queue", timeout=30).json() == {
+        "queue_running": [], "queue_pending": []}
+
+    for i, pid in enumerate(prompt_ids):
+        assert {"2", "3", "4", "5", "6"} <= set(executed[pid]), (i, executed[pid])  # nothing cached away
+        entry = comfy_server.history(pid)
+        assert entry["status"]["status_str"] == "success"
+        (saved,) = entry["outputs"]["6"]["images"]
+        assert saved["filename"].startswith(f"{run_tag}_{i:02d}")
+        out = decode(comfy_server.view(saved["filename"], saved["subfolder"], saved["type"]))
+        assert out.shape == pictures[i].shape
+        (cx, cy), r, _ = faces[i]
+        ys, xs = np.mgrid[0:height, 0:width]
+        far = (xs - cx) ** 2 + (ys - cy) ** 2 > (4 * r) ** 2
+        diff = np.abs(out.astype(int) - pictures[i].astype(int)).max(axis=2)
+        assert diff[far].max() <= 1  # outside the face, the photo is unchanged
+        disc = (xs - cx) ** 2 + (ys - cy) ** 2 < (0.5 * r) ** 2
+        assert diff[disc].mean() > 60  # the face itself was replaced by the inverted crop
+    record("load", prompts=LOAD_PROMPTS, queue_s=round(t_queued, 2), all_done_s=round(t_all, 1))
