@@ -153,20 +153,24 @@ class FaceIDAdapter:
         gets float16 deltas, which ComfyUI adds in float32). Cached, so every MODEL patched with this
         adapter shares the same tensors."""
         out = {}
+        for attn, n, proj, up, down in self._lora_pairs(block):
+            stored = dtype if 16 <= torch.finfo(dtype).bits <= torch.finfo(up.dtype).bits else up.dtype
+            cache = self._delta_cache.setdefault(stored, {})
+            key = (n, proj)
+            if key not in cache:
+                cache[key] = (up.to(torch.float32) @ down.to(torch.float32)).to(stored)
+            out[f"{attn}.{proj}"] = cache[key]
+        return out
+
+    def _lora_pairs(self, block: int):
+        """(attention, processor number, projection, up, down) of every LoRA pair of transformer block
+        ``block`` that the file carries: attn1 is processor 2·block, attn2 is 2·block + 1."""
         for attn, n in (("attn1", 2 * block), ("attn2", 2 * block + 1)):
             p = self.processors.get(n, {})
             for proj in LORA_PROJECTIONS:
                 down = p.get(f"{proj}_lora.down")
-                if down is None:
-                    continue
-                up = p[f"{proj}_lora.up"]
-                stored = dtype if 16 <= torch.finfo(dtype).bits <= torch.finfo(up.dtype).bits else up.dtype
-                cache = self._delta_cache.setdefault(stored, {})
-                key = (n, proj)
-                if key not in cache:
-                    cache[key] = (up.to(torch.float32) @ down.to(torch.float32)).to(stored)
-                out[f"{attn}.{proj}"] = cache[key]
-        return out
+                if down is not None:
+                    yield attn, n, proj, p[f"{proj}_lora.up"], down
 
     # -- fit to a model -----------------------------------------------------------------------
     def check_fits(self, slots: Sequence[TransformerSlot], model_name: str) -> None:
@@ -186,19 +190,13 @@ class FaceIDAdapter:
                         f"FaceID adapter {self.describe()} does not fit the model {model_name}: layer {2 * b + 1} "
                         f"{label} is {tuple(w.shape)} but the model's cross-attention {slot.name}.attn2 needs {want} "
                         f"(inner width × cross-attention width). Use the adapter made for this model family.")
-            for attn, n in (("attn1", 2 * b), ("attn2", 2 * b + 1)):
-                p = self.processors.get(n, {})
-                for proj in LORA_PROJECTIONS:
-                    down = p.get(f"{proj}_lora.down")
-                    if down is None:
-                        continue
-                    up = p[f"{proj}_lora.up"]
-                    shape = (int(up.shape[0]), int(down.shape[1]))
-                    target = tuple(slot.weight_shapes[f"{attn}.{proj}"])
-                    if shape != target:
-                        raise AdapterMismatch(
-                            f"FaceID adapter {self.describe()} does not fit the model {model_name}: the LoRA of layer {n} "
-                            f"({proj}) makes a {shape} weight but {slot.name}.{attn}.{proj} is {target}.")
+            for attn, n, proj, up, down in self._lora_pairs(b):
+                shape = (int(up.shape[0]), int(down.shape[1]))
+                target = tuple(slot.weight_shapes[f"{attn}.{proj}"])
+                if shape != target:
+                    raise AdapterMismatch(
+                        f"FaceID adapter {self.describe()} does not fit the model {model_name}: the LoRA of layer {n} "
+                        f"({proj}) makes a {shape} weight but {slot.name}.{attn}.{proj} is {target}.")
 
 
 # ---------------------------------------------------------------------------------------------

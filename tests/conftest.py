@@ -35,17 +35,9 @@ def comfy_server(_server_session, request):
     """The session's real ComfyUI server, with the pack loaded, as a ComfyClient (see harness.py).
     When the test fails, the server's log lines written during it are kept under
     artifacts/server/<test name>.log."""
-    server = _server_session
-    if not server.host.running:
-        pytest.fail(f"the ComfyUI server died earlier in the session; log tail:\n{server.host.log_tail()}")
-    offset = server.log_size()
-    yield server
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        name = request.node.nodeid.replace("/", "_").replace("::", "__")
-        path = ARTIFACTS / "server" / f"{name}.log"
-        path.write_text(server.log_since(offset))
-        print(f"\n[harness] server log of the failed test: {path}")
+    from harness import watch_test_log
+
+    yield from watch_test_log(_server_session, request)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

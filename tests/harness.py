@@ -67,3 +67,20 @@ def start_server(workdir):
     )
     host.start()
     return TestServer(host, TEST_MODELS, workdir / "input", workdir / "output")
+
+
+def watch_test_log(server, request, label="server"):
+    """Generator for a per-test fixture: yields `server`, and when the test failed keeps the server's
+    log lines written during it under artifacts/server/<test name>.log."""
+    if not server.host.running:
+        import pytest
+
+        pytest.fail(f"the {label} ComfyUI died earlier in the session; log tail:\n{server.host.log_tail()}")
+    offset = server.log_size()
+    yield server
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        name = request.node.nodeid.replace("/", "_").replace("::", "__")
+        path = ARTIFACTS / "server" / f"{name}.log"
+        path.write_text(server.log_since(offset))
+        print(f"\n[harness] {label} log of the failed test: {path}")

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness import watch_test_log  # noqa: E402
 from paths import ARTIFACTS, HOST, REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -103,17 +104,7 @@ def _sdxl_server_module(standin_sdxl, tmp_path_factory, request):
 @pytest.fixture
 def sdxl_server(_sdxl_server_module, request):
     """The SDXL server for one test; its log lines of a failed test go to artifacts/server/."""
-    server = _sdxl_server_module
-    if not server.host.running:
-        pytest.fail(f"the SDXL ComfyUI server died earlier in this module; log tail:\n{server.host.log_tail()}")
-    offset = server.log_size()
-    yield server
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        name = request.node.nodeid.replace("/", "_").replace("::", "__")
-        path = ARTIFACTS / "server" / f"{name}.log"
-        path.write_text(server.log_since(offset))
-        print(f"\n[standins] SDXL server log of the failed test: {path}")
+    yield from watch_test_log(_sdxl_server_module, request, label="SDXL server")
 
 
 # --- workflows -----------------------------------------------------------------------------------
