@@ -207,8 +207,15 @@ def test_check_anonymity_on_crops(analyser):
     emb = pipeline.embed_aligned(analyser, crops, faces)
     by_embedding = pipeline.check_anonymity(analyser, list(crops), original_embeddings=emb, faceset=faces)
     assert np.allclose(by_embedding.similarities, 1.0, atol=1e-5)
-    # photos without faces given: the largest face of each is measured; none found = not measured
-    photos = pipeline.check_anonymity(analyser, photo_batch(marker_photo(faces=[])), original=photo_batch(photo))
+    # photos without faces given: the largest face of the original is measured, and the anonymized
+    # image of the same size at the same landmarks, so an edit that leaves no detectable face is still
+    # measured (here: the face is gone, so it passes)
+    removed = pipeline.check_anonymity(analyser, photo_batch(marker_photo(faces=[])), original=photo_batch(photo))
+    assert removed.faces[0].similarity is not None and removed.passed
+    kept = pipeline.check_anonymity(analyser, photo_batch(photo), original=photo_batch(photo))
+    assert kept.faces[0].similarity > 0.99 and not kept.passed
+    # no face in the original: nothing to compare with = not measured = not passed
+    photos = pipeline.check_anonymity(analyser, photo_batch(photo), original=photo_batch(marker_photo(faces=[])))
     assert photos.faces[0].similarity is None and not photos.passed
     record_figures("anonymity_check_standin", {"same_crops": same.similarities,
                                                "inverted_crops": inverted.similarities})

@@ -238,22 +238,44 @@ def embed_aligned(analyser: FaceAnalyser, crops, faceset: FaceSet):
     return np.stack(rows).astype(np.float32)
 
 
-def _embed_for_check(analyser: FaceAnalyser, images, faceset: FaceSet | None, threshold: float, what: str):
+def _embed_for_check(analyser: FaceAnalyser, images, faceset: FaceSet | None, threshold: float, what: str,
+                     landmarks=None):
     """Embeddings of a batch for the anonymity check: from the recorded landmarks when faces are
-    given, else of the largest detected face per image. Returns (rows [N, 512], {row: reason})."""
+    given; else at `landmarks[i]` (5x2, or None) where given for image i; else of the largest detected
+    face. Returns (rows [N, 512], {row: reason}, [landmarks used per row, or None])."""
     images = [np.asarray(im, dtype=np.float32) for im in images]
     if faceset is not None:
-        return embed_aligned(analyser, np.stack(images), faceset), {}
-    rows, missing = [], {}
+        return embed_aligned(analyser, np.stack(images), faceset), {}, [None] * len(images)
+    rows, missing, used = [], {}, []
     for index, image in enumerate(images):
         bgr = to_bgr_uint8(_colour(image))
-        found = analyser.detect(bgr, threshold)
-        if not found:
-            missing[index] = f"no face found in {what} image {index}"
-            rows.append(np.zeros(512, dtype=np.float32))
-            continue
-        rows.append(analyser.embed(bgr, [largest(found).landmarks])[0])
-    return np.stack(rows).astype(np.float32), missing
+        points = landmarks[index] if landmarks is not None else None
+        if points is None:
+            found = analyser.detect(bgr, threshold)
+            if not found:
+                missing[index] = f"no face found in {what} image {index}"
+                rows.append(np.zeros(512, dtype=np.float32))
+                used.append(None)
+                continue
+            points = largest(found).landmarks
+        rows.append(analyser.embed(bgr, [points])[0])
+        used.append(points)
+    return np.stack(rows).astype(np.float32), missing, used
+
+
+def _same_place(original, anonymized, points):
+    """The original's landmarks for each anonymized image of the same size (an edit keeps the face where
+    it was, so both sides are measured at the same place even when the edit leaves no detectable
+    face); None where sizes differ or the original had no face."""
+    if points is None:
+        return None
+    originals = [np.asarray(im) for im in original]
+    out = []
+    for index, image in enumerate(anonymized):
+        j = index if len(originals) > 1 else 0
+        same = j < len(originals) and np.asarray(image).shape[:2] == originals[j].shape[:2]
+        out.append(points[j] if same and j < len(points) else None)
+    return out
 
 
 def check_anonymity(analyser: FaceAnalyser, anonymized, original=None, original_embeddings=None,
@@ -271,15 +293,18 @@ def check_anonymity(analyser: FaceAnalyser, anonymized, original=None, original_
     if faceset is not None and faceset.placeholder:
         report = AnonymityReport(threshold=float(threshold))
     else:
-        anon, missing = _embed_for_check(analyser, anonymized, faceset, detect_threshold, "anonymized")
+        points = None
         if original_embeddings is not None:
             orig = np.atleast_2d(np.asarray(original_embeddings, dtype=np.float32))
             orig_missing = {}
         elif original is not None:
-            orig, orig_missing = _embed_for_check(analyser, original, faceset, detect_threshold, "original")
+            orig, orig_missing, points = _embed_for_check(analyser, original, faceset, detect_threshold, "original")
         else:
             raise ValueError("the anonymity check needs the original faces: connect either the original "
                              "images/crops or their identity embeddings")
+        anon, missing, _ = _embed_for_check(analyser, anonymized, faceset, detect_threshold, "anonymized",
+                                            landmarks=_same_place(original, anonymized, points)
+                                            if faceset is None and original is not None else None)
         if orig.shape[0] not in (1, anon.shape[0]):
             raise ValueError(f"cannot pair {orig.shape[0]} original face(s) with {anon.shape[0]} anonymized "
                              f"face(s): give one original per anonymized face, or a single one for all")
