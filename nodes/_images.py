@@ -32,12 +32,16 @@ def image_batch(images, name="image"):
     return list(image_array(images, name))
 
 
+def _batch_tensor(arrays, ndim):
+    """A batch array of `ndim` dimensions, or a list of equally sized arrays, as a float32 tensor."""
+    if not (isinstance(arrays, np.ndarray) and arrays.ndim == ndim):
+        arrays = np.stack([np.asarray(a, dtype=np.float32) for a in arrays])
+    return torch.from_numpy(np.ascontiguousarray(arrays, dtype=np.float32))
+
+
 def to_image(arrays):
     """A [B, H, W, C] array or a list of equally sized HxWxC arrays as an IMAGE tensor."""
-    if isinstance(arrays, np.ndarray) and arrays.ndim == 4:
-        return torch.from_numpy(np.ascontiguousarray(arrays, dtype=np.float32))
-    stacked = np.stack([np.asarray(a, dtype=np.float32) for a in arrays])
-    return torch.from_numpy(np.ascontiguousarray(stacked))
+    return _batch_tensor(arrays, 4)
 
 
 def mask_batch(masks, name="mask"):
@@ -56,10 +60,7 @@ def mask_batch(masks, name="mask"):
 
 def to_mask(arrays):
     """A [B, H, W] array or a list of equally sized HxW arrays as a MASK tensor."""
-    if isinstance(arrays, np.ndarray) and arrays.ndim == 3:
-        return torch.from_numpy(np.ascontiguousarray(arrays, dtype=np.float32))
-    stacked = np.stack([np.asarray(a, dtype=np.float32) for a in arrays])
-    return torch.from_numpy(np.ascontiguousarray(stacked))
+    return _batch_tensor(arrays, 3)
 
 
 def embedding_rows(embedding, name="embedding"):
