@@ -35,8 +35,13 @@ QUICKSTART_MODELS = Path(os.environ.get("REVPERS_STANDIN_MODELS") or REPO / ".ho
 SDXL_CHECKPOINT = Path(standins.CHECKPOINTS["sdxl"]).name
 FACEID_SDXL = Path(standins.FACEID["sdxl"]).name
 FACEID_SD15 = Path(standins.FACEID["sd15"]).name
+# REVPERS_TEST_GPU=1 (on a machine with a CUDA GPU): the SDXL server runs on the GPU instead of the CPU,
+# with the UNet still in bf16 (random weights: the same precision as the CPU runs, no float16 overflow),
+# and test_workflows_headless.py posts the photo workflows with their shipped sizes.
+ON_GPU = os.environ.get("REVPERS_TEST_GPU", "").strip() not in ("", "0")
 # What the SDXL server adds to the harness's arguments (see the module docstring).
-SDXL_SERVER_ARGS = ["--cpu", "--use-pytorch-cross-attention", "--bf16-unet", "--disable-auto-launch"]
+SDXL_SERVER_ARGS = ([] if ON_GPU else ["--cpu"]) + ["--use-pytorch-cross-attention", "--bf16-unet",
+                                                      "--disable-auto-launch"]
 WORKFLOWS = REPO / "workflows" / "api"
 
 

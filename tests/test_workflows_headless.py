@@ -3,12 +3,15 @@
 Each workflow is loaded from workflows/api/ and posted with only these changes:
   * the LoadImage image (an uploaded marker-face picture: the stand-in detector sees nothing else)
     and the checkpoint file name (the stand-in's; the adapter and buffalo_l keep their real names);
-  * except in test_aligned_face_workflow_runs_unchanged, which posts the aligned-face workflow with
-    its 100 steps (a 64x64 face: ~15 minutes here), for the CPU budget RevPersInvert.steps = STEPS
-    instead of 100, and in the photo workflows RevPersDetectAlign.crop_size = CROP instead of 1024.
-    Measured on the 2-core CI machine with the full-size SDXL stand-in in bf16 (as the quick start
-    runs it): ~4-10 s per step at 64 px (two UNet calls: ComfyUI casts all 2.6 B UNet weights to
-    float32 on every call on a CPU); 1024 px crops are far beyond a CPU.
+  * on a CPU (the default, and CI), for the time budget: RevPersInvert.steps = STEPS instead of 100,
+    and in the photo workflows RevPersDetectAlign.crop_size = CROP instead of 1024, except in
+    test_aligned_face_workflow_runs_unchanged, which posts the aligned-face workflow with its 100
+    steps (a 64x64 face: ~15 minutes here). Measured on the 2-core CI machine with the full-size
+    SDXL stand-in in bf16 (as the quick start runs it): ~4-10 s per step at 64 px (two UNet calls:
+    ComfyUI casts all 2.6 B UNet weights to float32 on every call on a CPU); 1024 px crops are far
+    beyond a CPU.
+  * with REVPERS_TEST_GPU=1 on a CUDA machine (see standin_models.ON_GPU), nothing else: every
+    workflow is posted with its shipped steps and crop size (checked against the shipped file).
 
 Covered: every workflow runs to completion and returns an image of the input's size; the same seed
 twice (the same picture uploaded under another name, so nothing is cached away) gives identical
@@ -28,14 +31,15 @@ import websocket
 
 from harness import PromptRejected
 from paths import artifact_dir
-from standin_models import (FACEID_SD15, _sdxl_server_module, cached_nodes, decode, executed_nodes,  # noqa: F401
+from standin_models import (FACEID_SD15, ON_GPU, _sdxl_server_module, cached_nodes, decode, executed_nodes,  # noqa: F401
                             load_workflow, marker_picture, background, nodes_of, only, output_images, png_bytes,
                             sdxl_server, standin_buffalo, standin_sd15_adapter, standin_sdxl, with_inputs)
 
 pytestmark = pytest.mark.server
 
-STEPS = 3    # shipped: 100
-CROP = 64    # shipped: 1024 (photo workflows)
+SHIPPED_STEPS, SHIPPED_CROP = 100, 1024
+STEPS = SHIPPED_STEPS if ON_GPU else 3
+CROP = SHIPPED_CROP if ON_GPU else 64  # photo workflows
 TIMEOUT = 1800
 
 PHOTO_FACES = [((70, 80), 28, 11), ((170, 76), 24, 22)]
@@ -84,9 +88,23 @@ def prepared(name, image, checkpoint, **extra):
     graph = with_inputs(graph, "RevPersInvert", steps=STEPS)
     if nodes_of(graph, "RevPersDetectAlign"):
         graph = with_inputs(graph, "RevPersDetectAlign", crop_size=CROP)
+    if ON_GPU:  # posted as shipped: only the picture and the checkpoint name differ
+        assert changed_inputs(load_workflow(name), graph) == {"LoadImage.image", "CheckpointLoaderSimple.ckpt_name"}
     for class_type, values in extra.items():
         graph = with_inputs(graph, class_type, **values)
     return graph
+
+
+def changed_inputs(shipped, posted):
+    """'ClassType.input' for every literal input of `posted` that differs from `shipped`."""
+    assert shipped.keys() == posted.keys()
+    return {f"{node['class_type']}.{key}" for nid, node in posted.items()
+            for key, value in node["inputs"].items() if shipped[nid]["inputs"].get(key) != value}
+
+
+def server_device(server):
+    """The name of the device the server computes on, as its /system_stats reports it."""
+    return server.system_stats()["devices"][0]["name"]
 
 
 def timed_run(server, graph):
@@ -127,7 +145,8 @@ def test_aligned_face_workflow_runs_unchanged(sdxl_server, standin_sdxl):
 
     from PIL import Image
     Image.fromarray(np.concatenate([face, image], axis=1)).save(artifact_dir("workflows") / "aligned_face.png")
-    record("aligned_face_unchanged", steps=100, size=list(face.shape), seconds=seconds, check=text)
+    record("aligned_face_unchanged", device=server_device(sdxl_server), steps=100, size=list(face.shape),
+           seconds=seconds, check=text)
 
 
 def test_photo_workflow_runs_and_reuses_on_guidance_change(sdxl_server, standin_sdxl):
@@ -162,7 +181,8 @@ def test_photo_workflow_runs_and_reuses_on_guidance_change(sdxl_server, standin_
 
     from PIL import Image
     Image.fromarray(np.concatenate([photo, image, changed], axis=1)).save(artifact_dir("workflows") / "photo.png")
-    record("photo", steps=STEPS, crop=CROP, faces=len(PHOTO_FACES), size=list(photo.shape), first_s=t_first,
+    record("photo", device=server_device(sdxl_server), steps=STEPS, crop=CROP, faces=len(PHOTO_FACES),
+           changed=sorted(changed_inputs(load_workflow("anonymize_photo"), graph)), size=list(photo.shape), first_s=t_first,
            guidance_only_s=t_reuse, cached=cached, ran=ran, check=text)
 
 
@@ -194,13 +214,18 @@ def test_same_seed_twice_gives_the_identical_image(sdxl_server, standin_sdxl, na
         rgb = marker_picture(64, 64, ALIGNED_FACE, seed=6)
     else:
         rgb = marker_picture(*PHOTO_SIZE, PHOTO_FACES, seed=6)
-    images, ran = [], []
+    images, ran, seconds = [], [], []
     for tag in ("first", "second"):
         graph = prepared(name, upload(sdxl_server, rgb, f"same-seed-{tag}"), standin_sdxl["checkpoint"])
-        result, _ = timed_run(sdxl_server, graph)
+        result, t_run = timed_run(sdxl_server, graph)
         assert result.status == "success", result.message
         images.append(the_output(sdxl_server, result, graph))
         ran.append(set(executed_nodes(result)))
+        seconds.append(t_run)
+    steps = graph[only(graph, "RevPersInvert")]["inputs"]["steps"]
+    record(f"same_seed/{name}", device=server_device(sdxl_server), steps=steps, seconds=seconds,
+           changed=sorted(changed_inputs(load_workflow(name), graph)),
+           identical=bool(np.array_equal(images[0], images[1])))
     assert {only(graph, "RevPersInvert"), only(graph, "RevPersAnonymizedSampler")} <= ran[1]  # really re-run
     assert images[0].shape == rgb.shape
     changed = float((images[0] != images[1]).any(axis=2).mean())
@@ -239,7 +264,8 @@ def test_attribute_text_change_reruns_only_the_sampler(sdxl_server, standin_sdxl
     reuse, t_reuse = timed_run(sdxl_server, texted)
     assert reuse.status == "success", reuse.message
     cached, ran = cached_nodes(reuse), executed_nodes(reuse)
-    record(f"attribute_change/{name}", first_s=t_first, attribute_only_s=t_reuse, cached=cached, ran=ran)
+    record(f"attribute_change/{name}", device=server_device(sdxl_server), steps=STEPS, crop=CROP,
+           changed=sorted(changed_inputs(load_workflow(name), graph)), first_s=t_first, attribute_only_s=t_reuse, cached=cached, ran=ran)
     assert sampler in ran and attribute in ran
     assert {detect, embed, invert} <= set(cached), f"not cached: {sorted({detect, embed, invert} - set(cached))}"
     assert not {detect, embed, invert} & set(ran)
