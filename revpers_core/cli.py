@@ -437,8 +437,8 @@ def run_anonymize(p, a):
     values, soft = _knob_values(a)
     if a.standin_weights:
         _say(BANNER)
-        _say(f"stand-in settings (small, for a CPU; options given win): --steps {values['steps']}, --crop-size "
-             f"{values['crop_size']}; on a CPU the local server gets {' '.join(STANDIN_CPU_SERVER_ARGS[a.standin_unet])}")
+        _say(f"stand-in settings: --steps {values['steps']}, --crop-size {values['crop_size']} (small defaults for a "
+             f"CPU where not given: --steps {STANDIN_DEFAULTS['steps']}, --crop-size {STANDIN_DEFAULTS['crop_size']})")
         values["checkpoint"] = a.checkpoint or STANDIN_CHECKPOINT[arch]
         values["adapter"] = STANDIN_ADAPTER[arch]
     else:
@@ -475,7 +475,8 @@ def run_anonymize(p, a):
             host = ComfyHost(comfyui_dir, python=a.python, extra_args=_host_args(a), models_dir=models_dir,
                              input_dir=Path(workdir) / "input", output_dir=Path(workdir) / "output",
                              startup_timeout=a.startup_timeout)
-            _say(f"starting ComfyUI from {comfyui_dir} (log: {host.log_path or 'temporary'})")
+            _say(f"starting ComfyUI from {comfyui_dir} {' '.join(host.extra_args)} "
+                 f"(log: {host.log_path or 'temporary'})")
             try:
                 host.start()
             except (HostError, FileNotFoundError) as e:
@@ -654,9 +655,23 @@ def build_parser():
     return p
 
 
+def attach_option_values(argv, options=("--server-args",)):
+    """``--server-args --bf16-unet`` → ``--server-args=--bf16-unet``: argparse takes a lone value that
+    starts with '-' for another option and stops with "expected one argument"."""
+    out, args = [], iter(argv)
+    for arg in args:
+        if arg in options:
+            value = next(args, None)
+            if value is not None:
+                out.append(f"{arg}={value}")
+                continue
+        out.append(arg)
+    return out
+
+
 def main(argv=None):
     p = build_parser()
-    a = p.parse_args(argv)
+    a = p.parse_args(attach_option_values(sys.argv[1:] if argv is None else list(argv)))
     try:
         if a.command == "anonymize":
             return run_anonymize(p.commands["anonymize"], a)

@@ -367,6 +367,16 @@ def test_standin_settings_are_documented_and_passed_to_the_local_server():
     assert cli._host_args(p.parse_args(["anonymize", "x.png", "-o", "o.png"])) == ["--cpu"]
 
 
+def test_server_args_may_start_with_a_dash():
+    p = cli.build_parser()
+    for argv in (["--server-args", "--bf16-unet"], ["--server-args=--bf16-unet"],
+                 ["--server-args", "--bf16-unet --lowvram"]):
+        a = p.parse_args(cli.attach_option_values(["anonymize", "x.png", "-o", "o.png", "--gpu"] + argv))
+        assert cli._host_args(a)[:1] == ["--bf16-unet"], argv
+    with pytest.raises(SystemExit):  # without the joining, argparse refuses it
+        p.parse_args(["anonymize", "x.png", "-o", "o.png", "--server-args", "--bf16-unet"])
+
+
 def test_example_job_on_standins_shows_progress_and_the_anonymity_figures(tmp_path, capsys):
     """The quick start's main job end to end (the shipped photo workflow, the example photo with its
     marker faces, a local server the command starts and stops), on the SD1.5 stand-ins to keep it
