@@ -237,6 +237,15 @@ def adopt(path, kind, seed, reuse=(), log=print):
     return False
 
 
+def already_there(path, kind, seed, reuse, log, size_text):
+    """True when `path` is a current stand-in already (kept; `size_text(bytes)` words its size for
+    the log) or was taken from one of the `reuse` models folders (see `adopt`)."""
+    if is_current(path, kind, seed):
+        log(f"  {path} exists ({size_text(Path(path).stat().st_size)}, seed {seed}): kept")
+        return True
+    return adopt(path, kind, seed, reuse, log)
+
+
 def _atomic(path, write):
     """Run write(tmp_path), then rename onto `path`; the temporary is removed on any failure."""
     path = Path(path)
@@ -255,10 +264,7 @@ def _atomic(path, write):
 def generate_checkpoint(models_dir, arch, seed=0, comfyui_dir=None, log=print, reuse=()):
     path = Path(models_dir) / CHECKPOINTS[arch]
     kind = f"checkpoint-{arch}"
-    if is_current(path, kind, seed):
-        log(f"  {path} exists ({path.stat().st_size / 1e9:.2f} GB, seed {seed}): kept")
-        return path
-    if adopt(path, kind, seed, reuse, log):
+    if already_there(path, kind, seed, reuse, log, lambda size: f"{size / 1e9:.2f} GB"):
         return path
     import torch
     t0 = time.time()
@@ -287,10 +293,7 @@ def generate_faceid(models_dir, arch, seed=0, log=print, reuse=()):
     from revpers_core.standins.faceid import write_faceid_bin
     path = Path(models_dir) / FACEID[arch]
     kind = f"faceid-{arch}"
-    if is_current(path, kind, seed):
-        log(f"  {path} exists ({path.stat().st_size / 1e6:.0f} MB, seed {seed}): kept")
-        return path
-    if adopt(path, kind, seed, reuse, log):
+    if already_there(path, kind, seed, reuse, log, lambda size: f"{size / 1e6:.0f} MB"):
         return path
     t0 = time.time()
     _atomic(path, lambda tmp: write_faceid_bin(tmp, arch=arch, seed=seed))
