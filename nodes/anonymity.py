@@ -1,7 +1,7 @@
 """Anonymity check node: how much identity is left in each anonymized face."""
 import logging
 
-from revpers_core.faces import metrics, pipeline
+from revpers_core.faces import metrics, pipeline, recognizers
 
 from . import _images
 from .common import ANONYMITY_REPORT, EMBEDDING, FACE_ANALYSIS, FACES, category
@@ -11,12 +11,14 @@ log = logging.getLogger("revpers")
 
 class RevPersAnonymityCheck:
     DESCRIPTION = (
-        "Measures, per face, the ArcFace cosine similarity between the original and the anonymized face "
+        "Measures, per face, the ArcFace cosine similarity between the original and the anonymized face crop "
         "(1 = same face, about 0 = unrelated) and shows it as text. A face at or above the threshold "
         "would likely still be matched to the person by a face-verification system; the default 0.30 "
         "is at the strict end of the 0.28-0.4 range used with InsightFace's ArcFace models. With "
         "'fail_if_recognizable' the run stops on such a face, on a face that cannot be measured, or on a "
-        "photo passed through unanonymized, so images wired through this node are never saved then.")
+        "photo passed through unanonymized, so images wired through this node are never saved then. "
+        "For whole photos use Audit Anonymized Photos instead: it judges the pasted-back image itself, "
+        "with a second recognizer.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -26,8 +28,10 @@ class RevPersAnonymityCheck:
                 "anonymized": ("IMAGE", {"tooltip": "Anonymized face crops (with 'faces': the crops of those "
                                                     "faces, in order) or photos (largest face measured)."}),
                 "threshold": ("FLOAT", {
-                    "default": metrics.DEFAULT_THRESHOLD, "min": 0.0, "max": 1.0, "step": 0.01,
-                    "tooltip": "Similarity at or above which a face counts as still recognizable."}),
+                    "default": metrics.DEFAULT_THRESHOLD, "min": recognizers.ARCFACE_BOUNDS[0],
+                    "max": recognizers.ARCFACE_BOUNDS[1], "step": 0.01,
+                    "tooltip": "Similarity at or above which a face counts as still recognizable (bounded: "
+                               "no value switches the check off)."}),
                 "fail_if_recognizable": ("BOOLEAN", {
                     "default": True,
                     "tooltip": "Stop the run (error) if any face is at or above the threshold, cannot be "
@@ -58,6 +62,7 @@ class RevPersAnonymityCheck:
 
     def check(self, analysis, anonymized, threshold, fail_if_recognizable, original=None,
               original_embedding=None, faces=None, images=None):
+        threshold = recognizers.check_threshold(threshold, recognizers.ARCFACE_BOUNDS, "ArcFace")
         anon = _images.image_batch(anonymized, "anonymized")
         orig = _images.image_batch(original, "original") if original is not None else None
         emb = _images.embedding_rows(original_embedding, "original_embedding") \

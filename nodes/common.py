@@ -21,6 +21,7 @@ EMBEDDING = "REVPERS_EMBEDDING"  # identity embeddings, one row per face
 FACEID_ADAPTER = "REVPERS_FACEID_ADAPTER"  # IP-Adapter-FaceID weights (projection, to_k/v_ip, LoRA)
 INVERSION = "REVPERS_INVERSION"  # x_T, noise maps and schedule of an edit-friendly inversion
 ANONYMITY_REPORT = "REVPERS_ANONYMITY_REPORT"  # per-face identity similarity before/after
+AUDIT_REPORT = "REVPERS_AUDIT_REPORT"  # the audit of final images: per face and recognizer, verdicts
 
 # Model folders the pack reads, with the extensions it accepts in each.
 MODEL_FOLDERS = {

@@ -11,7 +11,9 @@ log = logging.getLogger("revpers")
 
 class RevPersDetectAlign:
     DESCRIPTION = (
-        "Finds every face in each image and cuts an upright, aligned square crop of it: the five landmarks "
+        "Finds every face in each image and cuts an upright, aligned square crop of it (none is dropped: "
+        "faces below min_face_size are covered with a fill by Paste Back, faces beyond max_faces stop the "
+        "run unless you choose to leave them, marked): the five landmarks "
         "are mapped by a similarity transform onto InsightFace's ArcFace template, placed in the crop with "
         "room for forehead and chin (the face square is moved down 5 % and grown by 'padding' on each "
         "side; default 0.15 frames faces like the reference's 1024 px crops). Faces are ordered by image, "
@@ -38,11 +40,15 @@ class RevPersDetectAlign:
                     "default": 0.0, "min": 0.0, "max": 0.99, "step": 0.01,
                     "tooltip": "Detection score a face needs; 0 = use the Face Analysis Loader's threshold."}),
                 "min_face_size": ("INT", {
-                    "default": 20, "min": 0, "max": 8192,
-                    "tooltip": "Ignore faces whose detected box is smaller than this (shorter side, pixels)."}),
+                    "default": 0, "min": 0, "max": 8192,
+                    "tooltip": "Faces whose detected box is smaller than this (shorter side, pixels) are not "
+                               "given to the model but covered with a flat fill by Paste Back, and reported. "
+                               "0 = every face is anonymized by the model, however small (its crop is "
+                               "resampled to the crop size)."}),
                 "max_faces": ("INT", {
                     "default": 0, "min": 0, "max": 256,
-                    "tooltip": "Keep at most this many faces per image, the largest ones (0 = all)."}),
+                    "tooltip": "Anonymize at most this many faces per image, the largest ones (0 = all). An "
+                               "image with more stops the run unless beyond_max_faces leaves them visible."}),
                 "expected_faces": ("INT", {
                     "default": 0, "min": 0, "max": 256,
                     "tooltip": "Each image must yield at least this many faces (0 = at least one). "
@@ -52,7 +58,14 @@ class RevPersDetectAlign:
                     "tooltip": "When an image has no face (or fewer than expected): stop with an error, or "
                                "let it through unanonymized, visibly marked NOT ANONYMIZED by Paste Back "
                                "and reported in the warning output."}),
-            }
+            },
+            "optional": {
+                "beyond_max_faces": (list(pipeline.BEYOND_MAX_FACES), {
+                    "default": pipeline.BEYOND_MAX_FACES[0],
+                    "tooltip": "When an image has more faces than max_faces: stop with an error (default), or "
+                               "leave the others exactly as they are - outlined, the photo marked 'N FACES LEFT "
+                               "UN-ANONYMIZED', each reported by the audit."}),
+            },
         }
 
     RETURN_TYPES = ("IMAGE", FACES, "MASK", "STRING")
@@ -67,13 +80,13 @@ class RevPersDetectAlign:
     CATEGORY = category("Faces")
 
     def detect(self, analysis, images, crop_size, padding, threshold, min_face_size, max_faces,
-               expected_faces, on_no_face):
+               expected_faces, on_no_face, beyond_max_faces=pipeline.BEYOND_MAX_FACES[0]):
         batch = _images.image_batch(images, "images")
         threshold = float(threshold) if threshold > 0 else analysis.threshold
         faces, crops, masks = pipeline.detect_and_align(
             analysis.analyser, batch, crop_size=crop_size, padding=padding, threshold=threshold,
             min_size=float(min_face_size), max_faces=int(max_faces), expected_faces=int(expected_faces),
-            on_no_face=on_no_face, on_step=Progress(len(batch)))
+            on_no_face=on_no_face, on_step=Progress(len(batch)), beyond_max_faces=beyond_max_faces)
         warning = faces.warning()
         if warning:
             log.warning("revpers: %s", warning.replace("\n", "; "))
@@ -84,8 +97,10 @@ class RevPersPasteBack:
     DESCRIPTION = (
         "Puts edited face crops back into their photos through the inverse of the alignment, blended with "
         "each crop's face mask feathered inwards, so there is no seam; several faces per photo, overlaps "
-        "shared by weight. Pixels outside the masks are left exactly as they were. Photos that Detect and "
-        "Align passed through without a face are returned with a red NOT ANONYMIZED frame and banner.")
+        "shared by weight. Pixels outside the masks are left exactly as they were. Faces too small for the "
+        "model are covered with a flat fill; faces left on request are outlined and the photo carries a red "
+        "banner; photos that Detect and Align passed through without a face get a red NOT ANONYMIZED frame "
+        "and banner.")
 
     @classmethod
     def INPUT_TYPES(cls):

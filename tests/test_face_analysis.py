@@ -93,11 +93,15 @@ def test_faces_come_in_reading_order_with_filters(analyser):
     assert xs[0] < xs[1] < xs[2] and xs[3] < xs[4] < xs[5]
     expected_x = sorted(c[0] for c, _, _ in MARKER_FACES)
     assert np.allclose([(f.box[0] + f.box[2]) / 2 for f in faces.faces[:3]], expected_x, atol=2)
-    # max_faces keeps the largest, still in reading order; min size drops the small one (r = 45)
-    faces, _, _ = pipeline.detect_and_align(analyser, photo_batch(photo), crop_size=256, max_faces=2)
+    # max_faces with the others left on request keeps the largest for the model, still in reading
+    # order, and records the third as left; min size gives the small one (r = 45) to the fill instead
+    faces, _, _ = pipeline.detect_and_align(analyser, photo_batch(photo), crop_size=256, max_faces=2,
+                                            beyond_max_faces="leave visible (marked)")
     assert np.allclose([f.box[2] - f.box[0] for f in faces.faces], [120, 180], atol=2.5)
+    assert [s.action for s in faces.skipped] == ["left"] and abs(faces.skipped[0].size - 90) < 2.5
     faces, _, _ = pipeline.detect_and_align(analyser, photo_batch(photo), crop_size=256, min_size=100)
     assert np.allclose([f.box[2] - f.box[0] for f in faces.faces], [120, 180], atol=2.5)
+    assert [s.action for s in faces.skipped] == ["covered"] and abs(faces.skipped[0].size - 90) < 2.5
     rec = faces.faces[1]
     assert rec.image_size == (540, 960) and rec.crop_size == 256 and rec.transform.shape == (2, 3)
     assert rec.score == pytest.approx(0.9, abs=1e-6)

@@ -311,10 +311,17 @@ def largest(detections: list[Detection]) -> Detection:
     return max(ordered, key=lambda d: d.area)
 
 
-def select_faces(detections: list[Detection], min_size: float = 0.0, max_faces: int = 0) -> list[Detection]:
-    """Drop faces smaller than `min_size` pixels (shorter box side), keep the `max_faces` largest
-    (0 = all), and return them in reading order."""
-    kept = [d for d in detections if d.size >= min_size]
-    if max_faces and len(kept) > max_faces:
-        kept = sorted(kept, key=lambda d: -d.area)[:max_faces]
-    return reading_order(kept)
+def split_faces(detections: list[Detection], min_size: float = 0.0, max_faces: int = 0):
+    """Share out the detections of one image: (to anonymize, too small, beyond max_faces).
+
+    Faces whose box is shorter than `min_size` pixels (shorter side) are too small; of the rest,
+    the `max_faces` largest are anonymized (0 = all) and the others are beyond. Nothing is dropped:
+    every detection is in exactly one of the three lists, each in reading order.
+    """
+    small = [d for d in detections if d.size < min_size]
+    rest = [d for d in detections if d.size >= min_size]
+    beyond = []
+    if max_faces and len(rest) > max_faces:
+        ranked = sorted(rest, key=lambda d: -d.area)
+        rest, beyond = ranked[:max_faces], ranked[max_faces:]
+    return reading_order(rest), reading_order(small), reading_order(beyond)

@@ -152,6 +152,56 @@ def paste_faces(image: np.ndarray, pieces) -> tuple[np.ndarray, np.ndarray]:
     return out, coverage
 
 
+# A face too small for the model is covered by an ellipse around its detected box, grown by these
+# factors (the box of a detector runs from the brows to the chin; the fill also takes the forehead,
+# the cheeks and the jaw line), filled with one flat colour: no identity can survive it.
+COVER_GROWTH = (1.3, 1.5)
+
+
+def cover_faces(image: np.ndarray, coverage: np.ndarray, boxes) -> tuple[np.ndarray, np.ndarray]:
+    """Fill the region of each face box with the mean colour of that region.
+
+    image HxWxC float32 (alpha, if any, kept as it is); coverage HxW, set to 1 where filled;
+    boxes: (x1, y1, x2, y2) in image pixels. Returns (image, coverage), copies when anything is
+    filled."""
+    if not len(boxes):
+        return image, coverage
+    image, coverage = image.copy(), coverage.copy()
+    height, width, channels = image.shape
+    colour = 1 if channels == 1 else 3
+    for x1, y1, x2, y2 in boxes:
+        centre = ((x1 + x2) / 2.0, (y1 + y2) / 2.0)
+        axes = (max(1.0, (x2 - x1) * COVER_GROWTH[0] / 2.0), max(1.0, (y2 - y1) * COVER_GROWTH[1] / 2.0))
+        region = np.zeros((height, width), dtype=np.uint8)
+        cv2.ellipse(region, (int(round(centre[0])), int(round(centre[1]))),
+                    (int(math.ceil(axes[0])), int(math.ceil(axes[1]))), 0, 0, 360, 1, thickness=-1)
+        inside = region.astype(bool)
+        if not inside.any():
+            continue
+        image[inside, :colour] = image[inside, :colour].mean(axis=0)
+        coverage[inside] = 1.0
+    return image, coverage
+
+
+def mark_left_faces(image: np.ndarray, boxes) -> np.ndarray:
+    """The photo with each face left un-anonymized by request outlined in red, and a red banner
+    saying how many there are (the faces themselves are not touched)."""
+    out = np.asarray(image, dtype=np.float32).copy()
+    height, width, channels = out.shape
+    colour = 1 if channels == 1 else 3
+    paint = np.ones(colour, np.float32) if channels == 1 else np.array([1.0, 0.0, 0.0], np.float32)
+    line = max(2, int(round(0.006 * min(height, width))))
+    for x1, y1, x2, y2 in boxes:
+        gx, gy = 0.15 * (x2 - x1), 0.25 * (y2 - y1)
+        xa, ya = max(0, int(x1 - gx)), max(0, int(y1 - gy))
+        xb, yb = min(width, int(math.ceil(x2 + gx))), min(height, int(math.ceil(y2 + gy)))
+        for region in (out[ya:ya + line, xa:xb], out[max(ya, yb - line):yb, xa:xb],
+                       out[ya:yb, xa:xa + line], out[ya:yb, max(xa, xb - line):xb]):
+            region[..., :colour] = paint
+    n = len(boxes)
+    return mark_not_anonymized(out, f"{n} FACE{'S' if n != 1 else ''} LEFT UN-ANONYMIZED")
+
+
 def mark_not_anonymized(image: np.ndarray, label: str = "NOT ANONYMIZED") -> np.ndarray:
     """A visibly marked copy of a photo that is passed through without anonymization: a red frame
     and, where the photo is tall enough, a red banner across the top carrying `label`.

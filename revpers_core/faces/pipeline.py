@@ -2,7 +2,10 @@
 detect and align every face of a batch, embed faces, paste edited crops back. Fail closed: an
 image without the faces it should have stops the run with a message saying what to try, unless
 the caller explicitly asks to pass such images through, in which case they are recorded in the
-FaceSet and marked visibly by paste-back.
+FaceSet and marked visibly by paste-back. Every detection is accounted for: a face is anonymized,
+covered by a flat fill (smaller than the minimum size the user set), or left visible because the
+user allowed fewer faces than were found and chose so explicitly; the last two are recorded in the
+FaceSet, reported, and shown by paste-back.
 """
 from __future__ import annotations
 
@@ -12,13 +15,14 @@ import numpy as np
 
 from .align import (DEFAULT_CROP_SIZE, DEFAULT_PADDING, DEFAULT_VSHIFT, align_face, check_crop_size,
                     check_padding, face_mask)
-from .analysis import FaceAnalyser, largest, select_faces, to_bgr_uint8
-from .paste import DEFAULT_FEATHER, feathered_alpha, mark_not_anonymized, paste_faces
-from .records import FaceRecord, FaceSet
+from .analysis import FaceAnalyser, largest, reading_order, split_faces, to_bgr_uint8
+from .paste import DEFAULT_FEATHER, cover_faces, feathered_alpha, mark_left_faces, mark_not_anonymized, paste_faces
+from .records import COVERED, LEFT, FaceRecord, FaceSet, SkippedFace
 
 log = logging.getLogger("revpers.faces")
 
 ON_NO_FACE = ("error", "pass through (marked)")
+BEYOND_MAX_FACES = ("error", "leave visible (marked)")
 PLACEHOLDER_GREY = 0.5
 
 
@@ -44,11 +48,38 @@ def _no_face_advice(threshold: float, det_size: int, min_size: float) -> str:
             f"through with a visible NOT ANONYMIZED mark.")
 
 
+def _too_many_faces(index: int, total: int, max_faces: int) -> str:
+    return (f"Face detection: image {index} has {total} faces to anonymize but max_faces is {max_faces}; "
+            f"nothing was anonymized (the other {total - max_faces} would be left as they are). Raise "
+            f"max_faces (0 = all faces), or set beyond_max_faces to 'leave visible (marked)' to leave "
+            f"them un-anonymized on purpose: the image is then marked and each of them reported.")
+
+
+def share_out(index: int, detections, min_size: float = 0.0, max_faces: int = 0,
+              beyond_max_faces: str = "error"):
+    """The detections of image `index` shared out: (to anonymize, [SkippedFace]). Faces smaller than
+    `min_size` are covered; faces beyond `max_faces` raise ValueError unless beyond_max_faces says to
+    leave them visible. Nothing is dropped."""
+    if beyond_max_faces not in BEYOND_MAX_FACES:
+        raise ValueError(f"beyond_max_faces must be one of {BEYOND_MAX_FACES}, not {beyond_max_faces!r}")
+    keep, small, beyond = split_faces(detections, min_size, max_faces)
+    if beyond and beyond_max_faces == "error":
+        raise ValueError(_too_many_faces(index, len(keep) + len(beyond), max_faces))
+    skipped = [SkippedFace(index, np.asarray(d.box, np.float64).copy(), np.asarray(d.landmarks, np.float64).copy(),
+                           float(d.score), COVERED, f"below min_face_size {min_size:g} px") for d in small]
+    skipped += [SkippedFace(index, np.asarray(d.box, np.float64).copy(), np.asarray(d.landmarks, np.float64).copy(),
+                            float(d.score), LEFT, f"beyond max_faces {max_faces}") for d in beyond]
+    return keep, skipped
+
+
 def detect_and_align(analyser: FaceAnalyser, images, crop_size: int = DEFAULT_CROP_SIZE,
                      padding: float = DEFAULT_PADDING, vshift: float = DEFAULT_VSHIFT,
-                     threshold: float = 0.5, min_size: float = 20.0, max_faces: int = 0,
-                     expected_faces: int = 0, on_no_face: str = "error", on_step=None):
-    """Find and align the faces of every image (detection by `analyser`, then `align_detections`).
+                     threshold: float = 0.5, min_size: float = 0.0, max_faces: int = 0,
+                     expected_faces: int = 0, on_no_face: str = "error", on_step=None,
+                     beyond_max_faces: str = "error"):
+    """Find and align the faces of every image (detection by `analyser`, `share_out`, then
+    `align_detections`). Every face the detector scores at or above `threshold` is anonymized,
+    covered (below `min_size`) or, only with beyond_max_faces 'leave visible (marked)', left.
 
     Returns (FaceSet, crops [F, S, S, 3] float32, masks [F, S, S] float32); see align_detections.
     """
@@ -60,24 +91,29 @@ def detect_and_align(analyser: FaceAnalyser, images, crop_size: int = DEFAULT_CR
         raise ValueError(f"expected_faces ({expected_faces}) is larger than max_faces ({max_faces}): "
                          f"no image could satisfy both")
     images = list(images)
-    found = []
+    found, skipped = [], []
     for index, image in enumerate(images):
         if on_step is not None:
             on_step(index, len(images))
-        found.append(select_faces(analyser.detect(to_bgr_uint8(_colour(image)), threshold), min_size, max_faces))
+        detections = analyser.detect(to_bgr_uint8(_colour(image)), threshold)
+        keep, skip = share_out(index, detections, min_size, max_faces, beyond_max_faces)
+        found.append(keep)
+        skipped += skip
     if on_step is not None:
         on_step(len(images), len(images))
     advice = _no_face_advice(threshold, analyser.det_size, min_size)
-    return align_detections(images, found, crop_size, padding, vshift, expected_faces, on_no_face, advice)
+    return align_detections(images, found, crop_size, padding, vshift, expected_faces, on_no_face, advice,
+                            skipped=skipped)
 
 
 def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, padding: float = DEFAULT_PADDING,
                      vshift: float = DEFAULT_VSHIFT, expected_faces: int = 0, on_no_face: str = "error",
-                     advice: str = ""):
+                     advice: str = "", skipped=()):
     """Align given detections (per image, in the order wanted) and apply the fail-closed policy.
 
-    expected_faces: the number each image must yield at least (0 means at least one). An image with
-    fewer raises ValueError (on_no_face "error") or is recorded as passed through (on_no_face
+    skipped: SkippedFace records of faces that are covered or left instead of anonymized (they
+    count as found). expected_faces: the number each image must yield at least (0 means at least
+    one). An image with fewer raises ValueError (on_no_face "error") or is recorded as passed through (on_no_face
     "pass through (marked)"). When no image has a face at all, crops and masks hold one grey
     placeholder with an empty mask and FaceSet.placeholder is True.
     Returns (FaceSet, crops [F, S, S, 3] float32, masks [F, S, S] float32).
@@ -92,13 +128,15 @@ def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, pad
     if len(detections) != len(images):
         raise ValueError(f"{len(detections)} detection lists for {len(images)} images")
     need = max(1, int(expected_faces))
+    skipped = list(skipped)
     sizes, records, crops, passed = [], [], [], {}
     for index, (image, found) in enumerate(zip(images, detections)):
         rgb = _colour(image)
         height, width = rgb.shape[:2]
         sizes.append((height, width))
-        if len(found) < need:
-            what = "no face" if not found else f"only {len(found)} face(s)"
+        count = len(found) + sum(1 for f in skipped if f.image_index == index)
+        if count < need:
+            what = "no face" if not count else f"only {count} face(s)"
             reason = (f"{what} found where at least {need} {'was' if need == 1 else 'were'} expected "
                       f"(image {index}, {width}x{height})")
             if on_no_face == "error":
@@ -114,7 +152,7 @@ def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, pad
                 score=float(det.score), crop_size=crop_size, image_size=(height, width), padding=padding,
                 vshift=vshift))
     faceset = FaceSet(faces=records, image_sizes=sizes, crop_size=crop_size, padding=padding,
-                      vshift=vshift, passed_through=passed, placeholder=not records)
+                      vshift=vshift, passed_through=passed, placeholder=not records, skipped=skipped)
     if not records:
         crops_arr = np.full((1, crop_size, crop_size, 3), PLACEHOLDER_GREY, dtype=np.float32)
         masks_arr = np.zeros((1, crop_size, crop_size), dtype=np.float32)
@@ -130,8 +168,9 @@ def paste_back(images, crops, faceset: FaceSet, masks=None, feather: float = DEF
     images: the photos DetectAlign was given (same count and sizes); crops [F, S', S', 3] in the
     FaceSet's order (any S': the transforms are rescaled); masks [F, S'', S''] or None for the
     standard face masks; feather: the width of the soft edge as a fraction of the crop side.
-    Images recorded as passed through are marked NOT ANONYMIZED. Returns (images, coverage masks,
-    warning text).
+    Faces recorded as covered are filled with a flat colour; faces left by request are outlined
+    and their image is marked; images recorded as passed through are marked NOT ANONYMIZED.
+    Returns (images, coverage masks, warning text).
     """
     images = [np.asarray(im, dtype=np.float32) for im in images]
     if len(images) != faceset.image_count:
@@ -179,6 +218,10 @@ def paste_back(images, crops, faceset: FaceSet, masks=None, feather: float = DEF
                 alpha = feathered_alpha(m, feather * size)
             pieces.append((crops[k, :, :, :3], alpha, faceset.faces[k].transform_for(size)))
         out, coverage = paste_faces(image, pieces)
+        out, coverage = cover_faces(out, coverage, [f.box for f in faceset.skipped_of(index, COVERED)])
+        left = faceset.skipped_of(index, LEFT)
+        if left:
+            out = mark_left_faces(out, [f.box for f in left])
         if index in faceset.passed_through:
             out = mark_not_anonymized(out)
         outs.append(out)
@@ -207,7 +250,7 @@ def embed_images(analyser: FaceAnalyser, images, threshold: float = 0.5, select:
         if select == "largest":
             det = largest(found)
         elif select == "leftmost":
-            det = select_faces(found)[0]
+            det = reading_order(found)[0]
         elif select == "most confident":
             det = max(found, key=lambda d: d.score)
         else:

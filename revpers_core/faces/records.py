@@ -1,9 +1,12 @@
 """Plain records that travel between the face stages.
 
 `Detection` is what the analyser finds in one image. `FaceRecord` is one detected face after
-alignment: everything paste-back needs to put an edited crop where it came from. `FaceSet` is the
-whole batch: the faces in a fixed order, the sizes of the images they came from, and the images
-that yielded no face and were passed through on the user's explicit request (never silently).
+alignment: everything paste-back needs to put an edited crop where it came from. `SkippedFace` is a
+detected face the model does not edit, by the user's explicit choice: covered by a fill (smaller
+than the minimum size) or left as it was (beyond the maximum number of faces). `FaceSet` is the
+whole batch: the faces in a fixed order, the sizes of the images they came from, the skipped faces,
+and the images that yielded no face and were passed through on the user's explicit request (never
+silently).
 """
 from __future__ import annotations
 
@@ -79,6 +82,37 @@ class FaceRecord:
         return self.transform * (float(crop_size) / float(self.crop_size))
 
 
+COVERED = "covered"  # a SkippedFace painted over with a solid fill: no identity can remain
+LEFT = "left"        # a SkippedFace left exactly as it was, on request; the image is marked
+
+
+@dataclass(frozen=True)
+class SkippedFace:
+    """A detected face that the model does not anonymize, on the user's explicit request.
+
+    action is COVERED (the face was smaller than the minimum face size: paste-back fills its
+    region with one flat colour) or LEFT (there were more faces than max_faces allowed and the user
+    chose to leave the others visible: paste-back leaves it, outlines it and marks the image).
+    reason says which setting caused it, for the report.
+    """
+
+    image_index: int
+    box: np.ndarray
+    landmarks: np.ndarray
+    score: float
+    action: str
+    reason: str
+
+    @property
+    def size(self) -> float:
+        return float(min(self.box[2] - self.box[0], self.box[3] - self.box[1]))
+
+    def describe(self) -> str:
+        x, y = (self.box[0] + self.box[2]) / 2.0, (self.box[1] + self.box[3]) / 2.0
+        what = "covered with a flat fill" if self.action == COVERED else "LEFT UN-ANONYMIZED by request"
+        return f"image {self.image_index}: face at ({x:.0f}, {y:.0f}), {self.size:.0f} px, {what} ({self.reason})"
+
+
 @dataclass
 class FaceSet:
     """All faces of an image batch, in the documented order (image index, then left to right by
@@ -88,7 +122,8 @@ class FaceSet:
     images exist only when the user chose on_no_face = "pass through (marked)", and paste-back
     marks them visibly. placeholder is True when no image yielded any face, so the crop batch
     holds a single grey placeholder crop (ComfyUI has no empty IMAGE batch) that paste-back
-    ignores.
+    ignores. skipped lists the detected faces the model does not edit (see SkippedFace); paste-back
+    covers or marks them.
     """
 
     faces: list[FaceRecord]
@@ -98,6 +133,7 @@ class FaceSet:
     vshift: float
     passed_through: dict[int, str] = field(default_factory=dict)
     placeholder: bool = False
+    skipped: list[SkippedFace] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.faces)
@@ -110,17 +146,22 @@ class FaceSet:
         """Indices (into faces and the crop batch) of the faces of one image."""
         return [i for i, f in enumerate(self.faces) if f.image_index == image_index]
 
-    @property
-    def crop_count(self) -> int:
-        """How many crops the matching crop batch holds (1 for the placeholder)."""
-        return 1 if self.placeholder else len(self.faces)
+    def skipped_of(self, image_index: int, action: str | None = None) -> list[SkippedFace]:
+        """The skipped faces of one image (only those with `action`, when given)."""
+        return [f for f in self.skipped
+                if f.image_index == image_index and (action is None or f.action == action)]
 
     def warning(self) -> str:
-        """A readable account of the images passed through unanonymized ("" when none)."""
-        if not self.passed_through:
-            return ""
-        lines = [
-            f"WARNING: image {i} was NOT anonymized: {reason}"
-            for i, reason in sorted(self.passed_through.items())
-        ]
+        """A readable account of the images passed through unanonymized and of every face the model
+        did not edit ("" when none)."""
+        lines = [f"WARNING: image {i} was NOT anonymized: {reason}"
+                 for i, reason in sorted(self.passed_through.items())]
+        left = [f for f in self.skipped if f.action == LEFT]
+        if left:
+            lines.append(f"WARNING: {len(left)} face(s) left un-anonymized by request:")
+            lines += [f"  {f.describe()}" for f in left]
+        covered = [f for f in self.skipped if f.action == COVERED]
+        if covered:
+            lines.append(f"NOTE: {len(covered)} face(s) too small for the model, covered with a flat fill:")
+            lines += [f"  {f.describe()}" for f in covered]
         return "\n".join(lines)

@@ -1,0 +1,351 @@
+"""The audit of the saved image: is any original face still recognizable anywhere in the final one?
+
+The promise the pack makes is about the image that is saved, not about intermediate crops. So the
+audit takes the original photos and the final photos (after paste-back) and, per image:
+
+1. finds the original faces with every detector it has (the analysis' SCRFD, dlib's HOG when
+   installed) and adds the faces Detect and Align recorded (anonymized, covered or left);
+2. finds the faces of the final image the same way;
+3. for every original face k and every recognizer r, measures r(original k, what is at k's place in
+   the final image): the final face found there (box overlap), or, when no detector finds a face
+   there, the final image cut at k's original landmarks / box;
+4. compares every original face with *every* final face of the batch, so a face moved, duplicated or
+   swapped to another place is caught too.
+
+An original face passes when no recognizer says "same person" for any of those pairs; the audit
+passes when every face passes. Faces the user explicitly asked to leave (beyond max_faces) are
+reported as such and do not fail it; every other face does, whatever the reason. A recognizer is
+only asked about faces it can see: dlib's descriptor means nothing on a region that dlib's own
+detector does not take for a face in the original (its descriptors of non-faces all lie close
+together), so such faces are judged by ArcFace alone, and the report says so per face.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .records import COVERED, LEFT, Detection, FaceSet
+
+MATCH_IOU = 0.3  # boxes overlapping at least this much are the same face
+DLIB_DETECTOR_SCORE = 0.25  # dlib HOG detections below this are not taken for faces (false alarms)
+ON_FAIL = ("stop the run", "save marked NOT ANONYMIZED")
+SECOND_RECOGNIZER = ("dlib if installed", "dlib (required)", "off")
+
+
+def box_iou(a, b) -> float:
+    ax1, ay1, ax2, ay2 = (float(v) for v in a)
+    bx1, by1, bx2, by2 = (float(v) for v in b)
+    iw = max(0.0, min(ax2, bx2) - max(ax1, bx1))
+    ih = max(0.0, min(ay2, by2) - max(ay1, by1))
+    inter = iw * ih
+    union = max(ax2 - ax1, 0) * max(ay2 - ay1, 0) + max(bx2 - bx1, 0) * max(by2 - by1, 0) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class Seen:
+    """A face of one image as the audit sees it: where it is, and which detectors found it."""
+
+    image_index: int
+    detection: Detection
+    found_by: list[str]
+    status: str = "anonymized"  # for original faces: anonymized, covered, left by request
+
+    @property
+    def box(self):
+        return self.detection.box
+
+    @property
+    def size(self) -> float:
+        return self.detection.size
+
+
+def merge(faces: list[Seen], new: list[Detection], image_index: int, detector: str) -> list[Seen]:
+    """Add `new` detections to `faces`: one that overlaps a face already there is the same face
+    (its detector is added to found_by; the first detector's landmarks are kept)."""
+    for det in new:
+        best, best_iou = None, MATCH_IOU
+        for face in faces:
+            iou = box_iou(face.box, det.box)
+            if iou >= best_iou:
+                best, best_iou = face, iou
+        if best is None:
+            faces.append(Seen(image_index, det, [detector]))
+        elif detector not in best.found_by:
+            best.found_by.append(detector)
+    return faces
+
+
+@dataclass
+class Judgement:
+    """One recognizer's verdict on one original face."""
+
+    recognizer: str
+    measure: str
+    threshold: float
+    at_place: float | None = None  # original face vs what is at its place in the final image
+    measured_on: str = ""          # "the face found there" / "the original landmarks"
+    matches: list[str] = field(default_factory=list)  # final faces it still matches, described
+    reason: str = ""               # why it was not measured, when at_place is None
+
+    @property
+    def recognized(self) -> bool:
+        return bool(self.matches)
+
+
+@dataclass
+class FaceAudit:
+    index: int
+    image_index: int
+    box: np.ndarray
+    size: float
+    found_by: list[str]
+    status: str
+    judgements: list[Judgement] = field(default_factory=list)
+
+    @property
+    def recognized(self) -> bool:
+        return any(j.recognized for j in self.judgements)
+
+    @property
+    def verdict(self) -> str:
+        if self.status == "left by request":
+            return "LEFT UN-ANONYMIZED BY REQUEST"
+        return "STILL RECOGNIZABLE" if self.recognized else "ok"
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict == "STILL RECOGNIZABLE"
+
+
+@dataclass
+class AuditReport:
+    faces: list[FaceAudit]
+    recognizers: list[str]
+    notes: list[str] = field(default_factory=list)
+    image_count: int = 0
+
+    @property
+    def failed(self) -> list[FaceAudit]:
+        return [f for f in self.faces if f.failed]
+
+    @property
+    def left(self) -> list[FaceAudit]:
+        return [f for f in self.faces if f.status == "left by request"]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+    def failed_images(self) -> list[int]:
+        return sorted({f.image_index for f in self.failed})
+
+    def text(self) -> str:
+        lines = ["Audit of the final image(s): is any original face still recognizable anywhere in them?",
+                 "Recognizers: " + "; ".join(self.recognizers)]
+        lines += [f"Note: {n}" for n in self.notes]
+        for f in self.faces:
+            cx, cy = (f.box[0] + f.box[2]) / 2.0, (f.box[1] + f.box[3]) / 2.0
+            lines.append(f"  face {f.index} (image {f.image_index}, at ({cx:.0f}, {cy:.0f}), {f.size:.0f} px, "
+                         f"found by {', '.join(f.found_by)}, {f.status}): {f.verdict}")
+            for j in f.judgements:
+                if j.at_place is None:
+                    lines.append(f"      {j.recognizer}: not measured - {j.reason}")
+                    continue
+                value = f"{j.measure} {j.at_place:+.3f} at its place ({j.measured_on})"
+                if j.recognized:
+                    lines.append(f"      {j.recognizer}: {value}; SAME PERSON (threshold {j.threshold:.2f}) "
+                                 f"in: {'; '.join(j.matches)}")
+                else:
+                    lines.append(f"      {j.recognizer}: {value}; threshold {j.threshold:.2f}: not this person")
+        if not self.faces:
+            lines.append(f"  no face found in the {self.image_count} original image(s)")
+        n_fail, n_left = len(self.failed), len(self.left)
+        if n_fail:
+            images = ", ".join(str(i) for i in self.failed_images())
+            lines.append(f"RESULT: FAILED - {n_fail} of {len(self.faces)} face(s) still recognizable "
+                         f"(image {images})")
+        else:
+            lines.append(f"RESULT: passed - none of the {len(self.faces) - n_left} face(s) to anonymize is "
+                         f"recognizable in the final image(s)")
+        if n_left:
+            lines.append(f"WARNING: {n_left} face(s) left un-anonymized by request")
+        return "\n".join(lines)
+
+    def rows(self) -> list[dict]:
+        """One plain dict per face and recognizer (for JSON/CSV)."""
+        out = []
+        for f in self.faces:
+            for j in f.judgements:
+                out.append({"face": f.index, "image": f.image_index,
+                            "box": [round(float(v), 1) for v in f.box], "size": round(float(f.size), 1),
+                            "found_by": "+".join(f.found_by), "status": f.status,
+                            "recognizer": j.recognizer, "measure": j.measure, "threshold": j.threshold,
+                            "at_place": None if j.at_place is None else round(float(j.at_place), 4),
+                            "measured_on": j.measured_on or j.reason, "recognized": j.recognized,
+                            "matches": " | ".join(j.matches), "verdict": f.verdict})
+        return out
+
+
+@dataclass
+class Auditor:
+    """What the audit judges with: the analysis (its detector and ArcFace), the second recognizer
+    and detector (dlib) when given, and the detection threshold of the analysis."""
+
+    analyser: object
+    recognizers: list
+    dlib_detector: object = None
+    detect_threshold: float = 0.5
+    notes: list[str] = field(default_factory=list)
+
+    def find(self, image: np.ndarray, image_index: int) -> list[Seen]:
+        from .recognizers import _rgb_uint8
+
+        bgr = np.ascontiguousarray(_rgb_uint8(image)[:, :, ::-1])
+        faces = merge([], self.analyser.detect(bgr, self.detect_threshold), image_index, "SCRFD")
+        if self.dlib_detector is not None:
+            found = [d for d in self.dlib_detector.detect(image) if d.score >= DLIB_DETECTOR_SCORE]
+            faces = merge(faces, found, image_index, "dlib HOG")
+        return faces
+
+
+def make_auditor(analyser, arcface_threshold: float, dlib_threshold: float,
+                 second: str = SECOND_RECOGNIZER[0], detect_threshold: float = 0.5) -> Auditor:
+    from . import recognizers as rec
+
+    if second not in SECOND_RECOGNIZER:
+        raise ValueError(f"second_recognizer must be one of {SECOND_RECOGNIZER}, not {second!r}")
+    judges = [rec.ArcFace(analyser, arcface_threshold)]
+    rec.check_threshold(dlib_threshold, rec.DLIB_BOUNDS, "dlib")
+    notes = []
+    if second == "off":
+        notes.append("the second recognizer is switched OFF: only ArcFace, the recognizer the method "
+                     "optimizes against, judged these faces")
+        return Auditor(analyser, judges, None, detect_threshold, notes)
+    if not rec.dlib_available():
+        if second == "dlib (required)":
+            raise RuntimeError(f"the audit's second recognizer (dlib) is required but not installed: "
+                               f"{rec.DLIB_PACKAGES}")
+        notes.append(f"dlib is NOT installed, so only ArcFace, the recognizer the method optimizes against, "
+                     f"judged these faces, and only SCRFD looked for them ({rec.DLIB_PACKAGES})")
+        return Auditor(analyser, judges, None, detect_threshold, notes)
+    judges.append(rec.Dlib(dlib_threshold))
+    return Auditor(analyser, judges, rec.DlibHOG(), detect_threshold, notes)
+
+
+def _recorded(faceset: FaceSet | None, image_index: int) -> list[tuple[Detection, str]]:
+    if faceset is None:
+        return []
+    out = [(Detection(r.box, r.landmarks, r.score), "anonymized") for r in faceset.faces
+           if r.image_index == image_index]
+    status = {COVERED: "covered", LEFT: "left by request"}
+    out += [(Detection(s.box, s.landmarks, s.score), status[s.action]) for s in faceset.skipped_of(image_index)]
+    return out
+
+
+def _describe(seen: Seen) -> str:
+    cx, cy = (seen.box[0] + seen.box[2]) / 2.0, (seen.box[1] + seen.box[3]) / 2.0
+    return f"image {seen.image_index} at ({cx:.0f}, {cy:.0f})"
+
+
+def audit(auditor: Auditor, originals, finals, faceset: FaceSet | None = None, on_step=None) -> AuditReport:
+    """Audit final images against their originals (lists of HxWxC float arrays in 0..1, same
+    sizes pairwise); `faceset`, when given, adds the faces Detect and Align recorded and says which
+    were left by request. Returns an AuditReport."""
+    originals, finals = list(originals), list(finals)
+    if len(originals) != len(finals):
+        raise ValueError(f"the audit got {len(finals)} final image(s) for {len(originals)} original(s): "
+                         f"connect the photos that went into Detect and Align and the pasted-back photos")
+    for i, (o, f) in enumerate(zip(originals, finals)):
+        if np.shape(o)[:2] != np.shape(f)[:2]:
+            raise ValueError(f"final image {i} is {np.shape(f)[1]}x{np.shape(f)[0]} but its original is "
+                             f"{np.shape(o)[1]}x{np.shape(o)[0]}: the audit compares each face at its place")
+    if faceset is not None and faceset.image_count != len(originals):
+        raise ValueError(f"the face records are of {faceset.image_count} image(s), the audit got "
+                         f"{len(originals)}: connect the faces of these photos")
+    steps = 2 * len(originals) + 1
+    orig_faces, final_faces = [], []
+    for i, image in enumerate(originals):
+        if on_step is not None:
+            on_step(i, steps)
+        seen = auditor.find(image, i)
+        for det, status in _recorded(faceset, i):
+            before = len(seen)
+            seen = merge(seen, [det], i, "Detect and Align")
+            target = seen[-1] if len(seen) > before else max(seen, key=lambda s: box_iou(s.box, det.box))
+            if status != "anonymized":
+                target.status = status
+        orig_faces.append(seen)
+    for i, image in enumerate(finals):
+        if on_step is not None:
+            on_step(len(originals) + i, steps)
+        final_faces.append(auditor.find(image, i))
+
+    report = AuditReport(faces=[], recognizers=[r.describe() for r in auditor.recognizers],
+                         notes=list(auditor.notes), image_count=len(originals))
+    for judge in auditor.recognizers:
+        _judge(judge, originals, finals, orig_faces, final_faces, report)
+    report.faces.sort(key=lambda f: f.index)
+    if on_step is not None:
+        on_step(steps, steps)
+    return report
+
+
+def _judge(judge, originals, finals, orig_faces, final_faces, report):
+    """Add one recognizer's judgements to the report (creating the FaceAudit rows on first use)."""
+    by_index = {f.index: f for f in report.faces}
+    final_desc = {}
+    for i, faces in enumerate(final_faces):
+        if faces:
+            final_desc[i] = judge.descriptors(finals[i], [f.detection for f in faces])
+    index = 0
+    for i, faces in enumerate(orig_faces):
+        if not faces:
+            continue
+        originals_desc = judge.descriptors(originals[i], [f.detection for f in faces])
+        for k, face in enumerate(faces):
+            row = by_index.get(index)
+            if row is None:
+                row = FaceAudit(index, i, face.box, face.size, face.found_by, face.status)
+                report.faces.append(row)
+                by_index[index] = row
+            index += 1
+            j = Judgement(judge.name, judge.measure, judge.threshold)
+            row.judgements.append(j)
+            if judge.name == "dlib" and "dlib HOG" not in face.found_by:
+                j.reason = "dlib's detector sees no face here in the original, so its descriptor would be meaningless"
+                continue
+            # what is at its place in the final image
+            place = None
+            for f_idx, final in enumerate(final_faces[i]):
+                if box_iou(final.box, face.box) >= MATCH_IOU:
+                    if place is None or box_iou(final.box, face.box) > box_iou(final_faces[i][place].box, face.box):
+                        place = f_idx
+            if place is not None:
+                here = final_desc[i][place:place + 1]
+                j.measured_on = "the face found there"
+            else:
+                here = judge.descriptors(finals[i], [face.detection])
+                j.measured_on = "the original landmarks"
+            j.at_place = float(judge.scores(originals_desc[k:k + 1], here)[0, 0])
+            if judge.same_person(j.at_place):
+                j.matches.append(f"{_describe(face)} (its own place, {j.at_place:+.3f})")
+            # every face of every final image
+            for fi, per_image in final_desc.items():
+                values = judge.scores(originals_desc[k:k + 1], per_image)[0]
+                for f_idx, value in enumerate(values):
+                    if fi == i and f_idx == place:
+                        continue
+                    if judge.same_person(float(value)):
+                        j.matches.append(f"{_describe(final_faces[fi][f_idx])} ({float(value):+.3f})")
+
+
+def mark_failed(finals, report: AuditReport) -> list[np.ndarray]:
+    """The final images, those with a face that failed the audit marked NOT ANONYMIZED (frame and
+    banner), for a user who chose to save them anyway."""
+    from .paste import mark_not_anonymized
+
+    failed = set(report.failed_images())
+    return [mark_not_anonymized(np.asarray(im, np.float32), "NOT ANONYMIZED: AUDIT FAILED")
+            if i in failed else np.asarray(im, np.float32) for i, im in enumerate(finals)]
