@@ -30,6 +30,7 @@ from . import models as model_registry
 REPO = Path(__file__).resolve().parent.parent
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISSING, EXIT_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_UNANONYMIZED = 5  # written with --allow-unanonymized although the audit failed (the image is marked)
 
 WORKFLOW_CANDIDATES = ("workflows/api/anonymize_photo.json", "workflows/anonymize_photo_api.json")
 
@@ -48,11 +49,17 @@ KNOBS = {
     # only the Attribute Text that feeds the sampler: the inversion's own stays empty (zeros)
     "attribute": [("RevPersAnonymizedSampler", "attribute", "text")],
     "faces": [("RevPersDetectAlign", "max_faces")],  # all -> 0, largest -> 1, N -> the N largest
+    # the other faces stay visible (outlined, the photo marked), instead of stopping the run
+    "leave_other_faces": [("RevPersDetectAlign", "beyond_max_faces")],
+    "min_face_size": [("RevPersDetectAlign", "min_face_size")],
+    # save photos that fail the audit (marked NOT ANONYMIZED) instead of stopping the run
+    "allow_unanonymized": [("RevPersAudit", "on_fail")],
+    "check_fails": [("RevPersAnonymityCheck", "fail_if_recognizable")],  # set with --allow-unanonymized
     "crop_size": [("RevPersDetectAlign", "crop_size")],
     "filename_prefix": [("SaveImage", "filename_prefix")],
 }
 OUTPUT_CLASS = "SaveImage"
-CHECK_CLASS = "RevPersAnonymityCheck"
+CHECK_CLASSES = ("RevPersAudit", "RevPersAnonymityCheck")
 
 STANDIN_CHECKPOINT = {"sdxl": "revpers-standin-sdxl.safetensors", "sd15": "revpers-standin-sd15.safetensors"}
 STANDIN_ADAPTER = {"sdxl": "ip-adapter-faceid_sdxl.bin", "sd15": "ip-adapter-faceid_sd15.bin"}
@@ -78,15 +85,18 @@ BANNER = """\
 
 # --example NAME: photos that ship with an installed package, so the quick start needs no download.
 # The stand-in face detector (revpers_core/standins/buffalo_l.py) takes only magenta "marker faces"
-# for faces, so with --standin-weights marker faces are drawn over real faces of the photo, at the
-# positions dlib's HOG detector finds them (box centre, radius ~0.6 x the box side); with real
-# weights the photo is used as it is.
+# for faces, so with --standin-weights marker faces are drawn over every real face of the photo, at
+# the positions dlib's HOG detector finds them (box centre, radius ~0.6 x the box side): the audit
+# looks for faces with dlib too, and would rightly fail the run on a real face left visible. With
+# real weights the photo is used as it is.
 EXAMPLES = {
     "group": {
         "package": "insightface", "path": "data/images/t1.jpg",
         "what": "the group photo that ships with InsightFace (data/images/t1.jpg, six people)",
-        # (centre x, centre y), radius, pattern seed: the left, middle and right person
-        "markers": [((121, 337), 64, 11), ((503, 349), 64, 22), ((1172, 337), 64, 33)],
+        # (centre x, centre y), radius, pattern seed: all six people, so that no real face is left for
+        # the audit's dlib detector to find (the stand-in detector cannot see real faces)
+        "markers": [((121, 337), 54, 11), ((503, 349), 54, 22), ((1172, 337), 54, 33),
+                    ((778, 420), 54, 44), ((934, 131), 65, 55), ((312, 213), 45, 66)],
     },
 }
 
@@ -392,7 +402,13 @@ def _knob_values(a):
     if a.faces is not None:
         faces = a.faces.strip()
         values["faces"] = {"all": 0, "largest": 1}.get(faces) if faces in ("all", "largest") else int(faces)
+    values["leave_other_faces"] = "leave visible (marked)" if a.leave_other_faces else None
+    values["allow_unanonymized"] = values["check_fails"] = None
     soft = set()
+    if a.allow_unanonymized:
+        # the audit and the crop check each take their own spelling of "report, don't stop"
+        values["allow_unanonymized"], values["check_fails"] = "save marked NOT ANONYMIZED", False
+        soft |= {"allow_unanonymized", "check_fails"}
     if a.standin_weights:
         for k, v in STANDIN_DEFAULTS.items():
             if values.get(k) is None:
@@ -534,7 +550,7 @@ def run_anonymize(p, a):
             _save_output(client.view(img["filename"], img.get("subfolder", ""), img.get("type", "output")), target)
             written.append(target)
         print(f"wrote {', '.join(str(w) for w in written)} ({time.time() - t0:.1f} s)")
-        check_ids = nodes_of(graph, CHECK_CLASS)
+        check_ids = [nid for cls in CHECK_CLASSES for nid in nodes_of(graph, cls)]
         texts = []
         for nid in check_ids:
             for key, value in (result.outputs.get(nid) or {}).items():
@@ -542,13 +558,18 @@ def run_anonymize(p, a):
                     if isinstance(item, str):
                         texts.append(item)
         if texts:
-            print("anonymity check:")
+            print("audit:" if nodes_of(graph, CHECK_CLASSES[0]) else "anonymity check:")
             for t in texts:
                 print("  " + t.replace("\n", "\n  "))
         elif check_ids:
             print("anonymity check: the check node reported nothing")
         if a.standin_weights:
             _say(BANNER)
+        if any("RESULT: FAILED" in t or "at or above the threshold" in t for t in texts):
+            _say("WARNING: the audit FAILED - a face is still recognizable. The output was written only because "
+                 "--allow-unanonymized (or the workflow's own check setting) asked to save it anyway; the audit "
+                 "marks such photos NOT ANONYMIZED. Exit code 5.")
+            return EXIT_UNANONYMIZED
         return EXIT_OK
     except ComfyError as e:
         raise CliError(f"the server answered with an error: {e}", EXIT_SERVER)
@@ -598,7 +619,8 @@ def build_parser():
     p = argparse.ArgumentParser(prog="revpers", description="Reverse Personalization: face anonymization "
                                 "by negative identity guidance, run through ComfyUI.",
                                 epilog="exit codes: 0 done, 1 the run failed, 2 bad arguments, 3 model files "
-                                "missing, 4 no usable server, 130 interrupted")
+                                "missing, 4 no usable server, 5 written although the audit failed (--allow-unanonymized), "
+                                "130 interrupted")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -621,6 +643,14 @@ def build_parser():
     an.add_argument("--seed", type=int, help="seed of the inversion noise (default 0)")
     an.add_argument("--attribute", help="attribute text for the new face, e.g. 'an old man' (default none)")
     an.add_argument("--faces", help="which faces: all, largest, or N for the N largest (default all)")
+    an.add_argument("--leave-other-faces", action="store_true", help="with --faces N: leave the faces beyond "
+                    "the N largest exactly as they are (outlined, the photo marked and each reported) instead of "
+                    "stopping with an error")
+    an.add_argument("--min-face-size", type=int, dest="min_face_size", help="faces smaller than this (px) are "
+                    "covered with a flat fill instead of anonymized by the model (default 0: every face goes to "
+                    "the model)")
+    an.add_argument("--allow-unanonymized", action="store_true", help="write the photo even when the audit finds "
+                    "a face still recognizable; it is then marked NOT ANONYMIZED (default: fail, write nothing)")
     an.add_argument("--crop-size", type=int, dest="crop_size", help="aligned face crop size in px (default 1024)")
     an.add_argument("--checkpoint", help=f"SDXL checkpoint file name in models/checkpoints "
                     f"(default {model_registry.DEFAULT_CHECKPOINT})")

@@ -61,7 +61,7 @@ if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] || [ "$here/scri
     say "installing the host's requirements"
     pip install -c "$constraints" -r "$host/requirements.txt"
     say "installing the pack's requirements and the test tools"
-    pip install -c "$constraints" -e "$here[test]"
+    pip install -c "$constraints" -e "$here[test,audit]"
     pip install -c "$constraints" -r "$here/scripts/test-requirements.txt"
     touch "$stamp"
 fi

@@ -1,0 +1,154 @@
+"""The audit's second recognizer and the audit itself on real photos with real recognizer weights:
+dlib's HOG detector, 68-point model and ResNet descriptor from face-recognition-models, on the group
+photo that ships with InsightFace (six people) and the outsiders' faces that ship beside it
+(skimage's astronaut, InsightFace's aligned Tom Hanks). ArcFace here is the buffalo_l stand-in (no
+real ArcFace weights can be had offline), so dlib is the judge whose verdicts these tests are about;
+the pictures with the verdicts drawn on are left in artifacts/audit/ to look at."""
+import cv2
+import numpy as np
+import pytest
+
+from faces_fixtures import astronaut, insightface_image, record_figures, save_rgb, to_float, write_standin_pack
+from revpers_core.faces import audit, recognizers
+from revpers_core.faces.align import align_face, face_mask
+from revpers_core.faces.analysis import load_analyser
+from revpers_core.faces.paste import feathered_alpha, paste_faces
+from revpers_core.faces.records import Detection
+
+pytestmark = pytest.mark.skipif(not recognizers.dlib_available(), reason="dlib and its models are not installed")
+
+CROP = 256
+
+
+@pytest.fixture(scope="module")
+def analyser(tmp_path_factory):
+    folder = write_standin_pack(tmp_path_factory.mktemp("buffalo") / "buffalo_l")
+    return load_analyser(str(folder), provider="CPU", det_size=640)
+
+
+@pytest.fixture(scope="module")
+def auditor(analyser):
+    return audit.make_auditor(analyser, 0.30, 0.60)
+
+
+@pytest.fixture(scope="module")
+def group():
+    rgb = to_float(insightface_image("t1.jpg"))
+    faces = sorted(recognizers.DlibHOG().detect(rgb), key=lambda d: d.centre[0])
+    assert len(faces) == 6
+    return rgb, faces
+
+
+def outsiders():
+    """Faces of people who are not in the group photo: (RGB float, Detection)."""
+    hog = recognizers.DlibHOG(upsample=2)
+    out = []
+    for rgb in (to_float(astronaut()), to_float(cv2.resize(insightface_image("Tom_Hanks_54745.png"), (336, 336)))):
+        found = max(hog.detect(rgb), key=lambda d: d.area)
+        out.append((rgb, found))
+    return out
+
+
+def put_faces(photo, places, donors):
+    """`photo` with the face of donor i pasted over places[i] (aligned by the five landmarks, blended
+    with the pack's own face mask and paste-back): a face swap, as an attacker or a bad tool would."""
+    mask = feathered_alpha(face_mask(CROP), 0.05 * CROP)
+    pieces = []
+    for place, (donor_rgb, donor) in zip(places, donors):
+        crop, _ = align_face(donor_rgb, donor.landmarks, CROP)
+        _, to_crop = align_face(photo, place.landmarks, CROP)
+        pieces.append((crop, mask, to_crop))
+    out, _ = paste_faces(photo, pieces)
+    return out
+
+
+def verdicts(report):
+    return [f.verdict for f in report.faces]
+
+
+def keep(name, original, final, report):
+    picture = np.concatenate([audit.draw_verdicts(original, report), audit.draw_verdicts(final, report)], axis=1)
+    return save_rgb("audit", f"{name}.png", picture)
+
+
+def test_dlib_says_same_for_a_copy_and_different_for_the_six_people(group):
+    rgb, faces = group
+    judge = recognizers.Dlib()
+    d = judge.descriptors(rgb, faces)
+    blurred = cv2.GaussianBlur(rgb, (0, 0), 1.5)
+    ok, data = cv2.imencode(".jpg", (rgb[:, :, ::-1] * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 60])
+    jpeg = to_float(cv2.imdecode(data, cv2.IMREAD_COLOR)[:, :, ::-1])
+    same_blur = np.diag(judge.scores(d, judge.descriptors(blurred, faces)))
+    same_jpeg = np.diag(judge.scores(d, judge.descriptors(jpeg, faces)))
+    between = judge.scores(d, d)[~np.eye(6, dtype=bool)]
+    assert all(judge.same_person(v) for v in same_blur) and all(judge.same_person(v) for v in same_jpeg)
+    assert not any(judge.same_person(v) for v in between)
+    record_figures("dlib_t1", {"blur_max": same_blur.max(), "jpeg_max": same_jpeg.max(), "between_min": between.min()})
+
+
+def test_an_unchanged_photo_fails_and_names_every_face(auditor, group):
+    rgb, _ = group
+    report = audit.audit(auditor, [rgb], [rgb.copy()])
+    assert len(report.faces) == 6 and not report.passed
+    assert verdicts(report) == ["STILL RECOGNIZABLE"] * 6
+    assert "RESULT: FAILED - 6 of 6" in report.text()
+    keep("unchanged", rgb, rgb, report)
+
+
+def test_faces_replaced_by_outsiders_pass_but_one_left_as_it_was_fails(auditor, group):
+    rgb, faces = group
+    donors = outsiders()
+    everyone = put_faces(rgb, faces, [donors[i % 2] for i in range(6)])
+    report = audit.audit(auditor, [rgb], [everyone])
+    dlib_at_place = [j.at_place for f in report.faces for j in f.judgements if j.recognizer == "dlib"]
+    assert report.passed, report.text()
+    assert len(report.faces) == 6 and all(v is not None for v in dlib_at_place)
+    keep("outsiders", rgb, everyone, report)
+
+    # the third person is left as they were: the audit fails on exactly that face
+    five = put_faces(rgb, faces[:2] + faces[3:], [donors[i % 2] for i in range(5)])
+    report5 = audit.audit(auditor, [rgb], [five])
+    assert not report5.passed
+    failed = report5.failed
+    assert len(failed) == 1 and audit.box_iou(failed[0].box, faces[2].box) > 0.5
+    assert "its own place" in " ".join(j for jd in failed[0].judgements for j in jd.matches)
+    keep("one_left", rgb, five, report5)
+    record_figures("audit_outsiders", {"dlib_at_place": dlib_at_place,
+                                       "left_face_dlib": [j.at_place for j in failed[0].judgements]})
+
+
+def test_faces_swapped_among_the_people_of_the_photo_fail(auditor, group):
+    rgb, faces = group
+    # each person gets the face of the next one: every face is still someone from the input
+    swapped = put_faces(rgb, faces, [(rgb, faces[(i + 1) % 6]) for i in range(6)])
+    report = audit.audit(auditor, [rgb], [swapped])
+    assert not report.passed
+    caught = [f for f in report.failed if any("its own place" not in m for j in f.judgements for m in j.matches)]
+    assert len(report.failed) >= 5 and len(caught) >= 5, report.text()
+    keep("swapped", rgb, swapped, report)
+
+
+def test_a_face_that_only_the_second_detector_sees_is_still_judged(auditor, group):
+    """The stand-in SCRFD sees no real face: every face above was found by dlib's HOG alone, and a
+    face left as it was is still caught. Without dlib the same photo is judged by nothing, and the
+    report says so loudly instead of passing quietly."""
+    rgb, _ = group
+    report = audit.audit(auditor, [rgb], [rgb])
+    assert all(f.found_by == ["dlib HOG"] for f in report.faces)
+    alone = audit.make_auditor(auditor.analyser, 0.30, 0.60, second="off")
+    quiet = audit.audit(alone, [rgb], [rgb])
+    assert quiet.passed and not quiet.faces
+    assert "switched OFF" in quiet.text() and "no face found" in quiet.text()
+
+
+def test_thresholds_cannot_switch_the_audit_off(analyser):
+    for arcface, dlib_threshold in ((1.0, 0.6), (0.0, 0.6), (0.3, 0.0), (0.3, 0.3)):
+        with pytest.raises(ValueError, match="outside"):
+            audit.make_auditor(analyser, arcface, dlib_threshold)
+
+
+def test_detection_from_the_recorded_faces_is_merged_not_doubled(auditor, group):
+    rgb, faces = group
+    seen = audit.merge([], faces, 0, "dlib HOG")
+    again = audit.merge(seen, [Detection(f.box + 3, f.landmarks + 3, 1.0) for f in faces], 0, "Detect and Align")
+    assert len(again) == 6 and all(s.found_by == ["dlib HOG", "Detect and Align"] for s in again)
