@@ -387,11 +387,14 @@ def test_example_job_on_standins_shows_progress_and_the_anonymity_figures(tmp_pa
     code, stdout, err = run(["anonymize", "--example", "group", "-o", out, "--standin-weights",
                              "--standin-arch", "sd15", "--models", REPO / ".host" / "test-models"], capsys)
     assert code == cli.EXIT_OK, err
-    assert "3 marker faces are drawn over real faces" in err
+    assert "6 marker faces are drawn over real faces" in err
     assert "RevPersInvert [25]: 100%" in err and "RevPersAnonymizedSampler [26]: 100%" in err  # progress bars
-    assert "anonymity check:" in stdout
-    figures = re.findall(r"face (\d) \(image 0\): ([+-]\d\.\d{3})\s+ok", stdout)
-    assert [f[0] for f in figures] == ["0", "1", "2"] and all(abs(float(f[1])) < 0.3 for f in figures)
+    # the audit of the saved photo: six faces, each judged ok, with ArcFace's figure at its place
+    assert "audit:" in stdout and "RESULT: passed" in stdout
+    verdicts = re.findall(r"face (\d) \(image 0, at .*\): (\S.*)", stdout)
+    assert [v[0] for v in verdicts] == ["0", "1", "2", "3", "4", "5"] and all(v[1] == "ok" for v in verdicts)
+    figures = re.findall(r"ArcFace: cosine similarity ([+-]\d\.\d{3}) at its place", stdout)
+    assert len(figures) == 6 and all(abs(float(f)) < 0.3 for f in figures)
     result = np.asarray(Image.open(out).convert("RGB"))
     assert result.shape == (886, 1280, 3)
     shutil.copy(out, artifact_dir("cli") / "example_group_sd15_standins.png")
@@ -415,3 +418,21 @@ def test_standins_are_taken_from_another_models_folder_instead_of_regenerated(tm
     other = standins.generate_faceid(tmp_path / "seed1", "sd15", seed=1, log=logs.append,
                                      reuse=[tmp_path / "quickstart"])
     assert "hard-linked" not in logs[-1] and other.read_bytes() != made.read_bytes()
+
+
+def test_fewer_faces_allowed_than_found_fails_unless_the_others_are_left_on_request(tmp_path, capsys):
+    """--faces 1 on the six-face example: an error naming the way out, nothing written; with
+    --leave-other-faces the photo is written, marked, and the audit names the five faces left."""
+    out = tmp_path / "one.png"
+    common = ["anonymize", "--example", "group", "--standin-weights", "--standin-arch", "sd15",
+              "--models", REPO / ".host" / "test-models", "--faces", "1", "-q"]
+    code, stdout, err = run(common + ["-o", out], capsys)
+    assert code == cli.EXIT_FAILED and not out.exists()
+    assert "6 faces to anonymize but max_faces is 1" in err and "beyond_max_faces" in err
+    code, stdout, err = run(common + ["-o", out, "--leave-other-faces"], capsys)
+    assert code == cli.EXIT_OK, err
+    assert "WARNING: 5 face(s) left un-anonymized by request" in stdout and "RESULT: passed" in stdout
+    assert stdout.count("LEFT UN-ANONYMIZED BY REQUEST") == 5
+    result = np.asarray(Image.open(out).convert("RGB"))
+    assert (result[5, 600] == [255, 0, 0]).all()  # the red banner across the top
+    shutil.copy(out, artifact_dir("cli") / "example_group_one_face_others_left.png")
