@@ -200,10 +200,9 @@ class Auditor:
     notes: list[str] = field(default_factory=list)
 
     def find(self, image: np.ndarray, image_index: int) -> list[Seen]:
-        from .recognizers import _rgb_uint8
+        from .analysis import to_bgr_uint8
 
-        bgr = np.ascontiguousarray(_rgb_uint8(image)[:, :, ::-1])
-        faces = merge([], self.analyser.detect(bgr, self.detect_threshold), image_index, "SCRFD")
+        faces = merge([], self.analyser.detect(to_bgr_uint8(image), self.detect_threshold), image_index, "SCRFD")
         if self.dlib_detector is not None:
             found = [d for d in self.dlib_detector.detect(image) if d.score >= DLIB_DETECTOR_SCORE]
             faces = merge(faces, found, image_index, "dlib HOG")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .analysis import to_bgr_uint8
 from .records import Detection
 
 ARCFACE_DEFAULT, ARCFACE_BOUNDS = 0.30, (0.10, 0.50)
@@ -49,15 +50,7 @@ def check_threshold(value: float, bounds: tuple[float, float], what: str) -> flo
 
 def _rgb_uint8(image: np.ndarray) -> np.ndarray:
     """An HxWxC float image in 0..1 (C = 1, 3 or 4) as contiguous RGB uint8 (alpha dropped)."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    image = image[:, :, :3]
-    if image.dtype != np.uint8:
-        image = (np.clip(image.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return np.ascontiguousarray(image)
+    return np.ascontiguousarray(to_bgr_uint8(image)[:, :, ::-1])
 
 
 class ArcFace:
@@ -74,8 +67,7 @@ class ArcFace:
         return f"ArcFace ({os.path.basename(self.analyser.model_dir)}), cosine similarity, same person at >= {self.threshold:.2f}"
 
     def descriptors(self, image: np.ndarray, faces: list[Detection]) -> np.ndarray:
-        bgr = np.ascontiguousarray(_rgb_uint8(image)[:, :, ::-1])
-        return self.analyser.embed(bgr, [f.landmarks for f in faces])
+        return self.analyser.embed(to_bgr_uint8(image), [f.landmarks for f in faces])
 
     def scores(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """[N, M] cosine similarities of two descriptor sets (rows are unit length)."""
