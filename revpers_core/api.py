@@ -16,6 +16,8 @@ It speaks the API every ComfyUI since 2023 serves (the March 2024 snapshot and c
 
 Failures come back as exceptions whose text is the server's own readable message: `PromptRejected`
 when the server refuses a graph (validation), `ExecutionFailed` when a node raises while running.
+A server that stops answering (its process died, the connection was reset or refused) is
+`ServerGone`, whichever call noticed it: the websocket, /prompt, /history, /view, /upload.
 """
 import json
 import mimetypes
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 import requests
 import websocket
 
-__all__ = ["ComfyClient", "ComfyError", "PromptRejected", "ExecutionFailed", "RunResult"]
+__all__ = ["ComfyClient", "ComfyError", "PromptRejected", "ExecutionFailed", "ServerGone", "RunResult"]
 
 
 class ComfyError(RuntimeError):
@@ -52,6 +54,38 @@ class ExecutionFailed(ComfyError):
         self.data = data
         self.result = result
         super().__init__(describe_execution_error(data))
+
+
+class ServerGone(ComfyError):
+    """The server stopped answering while we talked to it: its process ended, or the connection
+    was refused, reset or closed. `url` is the server, `stage` what we were doing ("following prompt
+    ...", "queueing the prompt", ...), `cause` the low-level exception (also the __cause__), `lost`
+    whether a job was under way (queued, running, or its result not yet fetched)."""
+
+    def __init__(self, url, stage, cause=None, lost=True):
+        self.url = url
+        self.stage = stage
+        self.cause = cause
+        self.lost = lost
+        detail = _one_line(f"{cause.__class__.__name__}: {cause}" if cause is not None else "no answer")
+        if lost:
+            text = (f"the ComfyUI server at {url} stopped answering during the run ({stage}; {detail}), "
+                    "so the job was lost: its result cannot be fetched. Check that the server is running "
+                    "(its log says why it stopped: out of memory, killed, crashed), then run again.")
+        else:
+            text = f"the ComfyUI server at {url} does not answer ({stage}; {detail}): is it running?"
+        super().__init__(text)
+
+
+def _one_line(text, limit=300):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# What a server that is gone looks like from here: refused/reset/closed connections, a body cut
+# short, a websocket closed under us.
+_GONE = (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
+         websocket.WebSocketConnectionClosedException, ConnectionError, BrokenPipeError)
 
 
 def describe_rejection(body, status=400):
@@ -134,8 +168,19 @@ class ComfyClient:
 
     # --- HTTP -------------------------------------------------------------------------------------
 
-    def _get(self, path, **params):
-        r = self.session.get(self.url + path, params=params or None, timeout=self.timeout)
+    def _http(self, method, path, stage, lost=False, **kwargs):
+        """One HTTP request; a server that is gone raises ServerGone (a slow one still times out).
+        `lost`: the request is part of a run (a job would be lost)."""
+        kwargs.setdefault("timeout", self.timeout)
+        try:
+            return self.session.request(method, self.url + path, **kwargs)
+        except requests.exceptions.Timeout:
+            raise
+        except _GONE as e:
+            raise ServerGone(self.url, stage or f"{method} {path}", e, lost=lost) from e
+
+    def _get(self, path, stage=None, lost=False, **params):
+        r = self._http("GET", path, stage, lost, params=params or None)
         if r.status_code != 200:
             raise ComfyError(f"GET {path} answered HTTP {r.status_code}: {r.text[:500]}")
         return r
@@ -163,8 +208,8 @@ class ComfyClient:
         form = {"type": type, "overwrite": "true" if overwrite else "false"}
         if subfolder:
             form["subfolder"] = subfolder
-        r = self.session.post(self.url + "/upload/image", files={"image": (name, data, content_type)},
-                              data=form, timeout=max(self.timeout, 120))
+        r = self._http("POST", "/upload/image", f"uploading {name}", files={"image": (name, data, content_type)},
+                       data=form, timeout=max(self.timeout, 120))
         if r.status_code != 200:
             raise ComfyError(f"uploading {name} failed: HTTP {r.status_code} {r.text[:300]}")
         answer = r.json()
@@ -180,7 +225,7 @@ class ComfyClient:
             payload["extra_data"] = extra_data
         if front:
             payload["front"] = True
-        r = self.session.post(self.url + "/prompt", json=payload, timeout=self.timeout)
+        r = self._http("POST", "/prompt", "queueing the prompt", True, json=payload)
         if r.status_code != 200:
             try:
                 body = r.json()
@@ -192,35 +237,41 @@ class ComfyClient:
     def history(self, prompt_id=None):
         """The server's history: one prompt's entry (None while it has none), or all of it."""
         if prompt_id is None:
-            return self._get("/history").json()
-        return self._get(f"/history/{prompt_id}").json().get(prompt_id)
+            return self._get("/history", "reading the history").json()
+        return self._get(f"/history/{prompt_id}", f"reading the history of prompt {prompt_id}",
+                         True).json().get(prompt_id)
 
     def view(self, filename, subfolder="", type="output"):
         """The bytes of a file in the server's output/input/temp folder."""
-        r = self.session.get(self.url + "/view", params={"filename": filename, "subfolder": subfolder,
-                                                         "type": type}, timeout=max(self.timeout, 120))
+        r = self._http("GET", "/view", f"downloading {filename}", True, params={
+            "filename": filename, "subfolder": subfolder, "type": type}, timeout=max(self.timeout, 120))
         if r.status_code != 200:
             raise ComfyError(f"/view {type}/{subfolder}/{filename} answered HTTP {r.status_code}")
         return r.content
 
     def interrupt(self):
-        self.session.post(self.url + "/interrupt", timeout=self.timeout)
+        self._http("POST", "/interrupt", "interrupting the run", True)
 
     # --- websocket --------------------------------------------------------------------------------
 
     def connect(self):
         if self._ws is None:
             ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-            self._ws = websocket.create_connection(f"{ws_url}/ws?clientId={self.client_id}",
-                                                   timeout=self.timeout)
+            try:
+                self._ws = websocket.create_connection(f"{ws_url}/ws?clientId={self.client_id}",
+                                                       timeout=self.timeout)
+            except (ConnectionError, websocket.WebSocketConnectionClosedException) as e:
+                raise ServerGone(self.url, "opening the websocket", e, lost=False) from e
         return self._ws
 
     def close(self):
-        if self._ws is not None:
+        """Close the websocket and the HTTP session; never raises (the server may be gone)."""
+        ws, self._ws = self._ws, None
+        if ws is not None:
             try:
-                self._ws.close()
-            finally:
-                self._ws = None
+                ws.close(timeout=1)
+            except (websocket.WebSocketException, OSError):
+                pass
         self.session.close()
 
     def __enter__(self):
@@ -235,7 +286,8 @@ class ComfyClient:
         `on_event(type, data)` sees every JSON event that concerns this prompt (binary preview frames
         are skipped). The end is `executing` with node None, `execution_success`, `execution_error` or
         `execution_interrupted` for this prompt; if the socket stays quiet the history is polled, so a
-        missed event cannot hang the client. Raises TimeoutError after `timeout` seconds.
+        missed event cannot hang the client. Raises TimeoutError after `timeout` seconds, and
+        ServerGone when the server stops answering (the socket closes or the history is unreachable).
         """
         ws = self.connect()
         deadline = time.monotonic() + timeout
@@ -244,8 +296,8 @@ class ComfyClient:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
-            ws.settimeout(min(poll, left))
             try:
+                ws.settimeout(min(poll, left))
                 raw = ws.recv()
             except websocket.WebSocketTimeoutException:
                 entry = self.history(prompt_id)
@@ -253,6 +305,10 @@ class ComfyClient:
                     if entry.get("status", {}).get("status_str") in ("success", "error"):
                         finished = True
                 continue
+            except (websocket.WebSocketException, OSError) as e:
+                # closed (the server's process ended), reset, or a broken frame: the run is lost
+                self._drop_ws()
+                raise ServerGone(self.url, f"following prompt {prompt_id} on the websocket", e) from e
             if not isinstance(raw, str):
                 continue  # a binary preview frame
             message = json.loads(raw)
@@ -272,6 +328,14 @@ class ComfyClient:
             elif kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
                 finished = True
         return self._result(prompt_id, events, error, deadline)
+
+    def _drop_ws(self):
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            try:
+                ws.shutdown()  # no closing handshake: the other end is gone
+            except (websocket.WebSocketException, OSError):
+                pass
 
     def _result(self, prompt_id, events, error, deadline):
         entry = None

@@ -9,6 +9,24 @@ folder of `models_dir` (checkpoints/, ipadapter/, insightface/, ...) through an
 `--extra-model-paths-config` file with that base path, beside the host's own models folder. Its
 stdout and stderr go to `log_path` (a temporary file if not given); a start that fails or times out
 raises `HostError` with the tail of that log.
+
+The server never outlives the process that started it, even one killed with SIGKILL (no cleanup of
+ours runs then):
+
+- on Linux the server process asks the kernel for SIGKILL when its parent dies
+  (`prctl(PR_SET_PDEATHSIG)`, set between fork and exec). The kernel sends it when the *thread*
+  that forked exits, so the fork is done on a thread that lives as long as the process: the main
+  thread (when Python's main thread ends, the interpreter is shutting down anyway), or else one
+  long-lived daemon thread of this module that does every fork requested from other threads;
+- the server runs in its own session and process group (a Ctrl-C in the terminal reaches only us,
+  and we stop the server in order), so its own children would not get a terminal's signals, nor the
+  death signal (it is not inherited). A small watchdog process (Python, in its own session)
+  holds the read end of a pipe whose only writer is this process: when this process ends, however
+  it ends, the kernel closes that end, the watchdog reads end-of-file and SIGKILLs the server's
+  whole process group. `stop()` closes the pipe too, after the server has stopped, so no child the
+  server left behind survives it. This part works on any POSIX system (macOS has no PDEATHSIG).
+  A child forked from this process without exec (multiprocessing's "fork" start method) inherits
+  the writing end, which then delays the watchdog until that child ends too.
 """
 import os
 import shutil
@@ -17,6 +35,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -38,6 +57,94 @@ def free_port(host="127.0.0.1"):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+# --- a server that dies with us ------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _death_signal_setter():
+    """A function for the child (between fork and exec) that asks Linux to SIGKILL it when its
+    parent dies, and kills it at once if the parent is already gone; None where there is no prctl.
+    Everything (libc lookup, the parent's pid) is prepared here, in the parent: the child only calls."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+    kill, getppid, getpid, sigkill = os.kill, os.getppid, os.getpid, int(signal.SIGKILL)
+
+    def set_death_signal():
+        prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
+        if getppid() != parent:  # the parent died between fork and prctl: nobody would kill us later
+            kill(getpid(), sigkill)
+
+    return set_death_signal
+
+
+class _Forker:
+    """One daemon thread that lives as long as the process and runs the Popen calls asked for from
+    other threads, so that a server's death signal is tied to a thread that does not end first."""
+
+    _lock = threading.Lock()
+    _thread = None
+    _jobs = None
+
+    @classmethod
+    def run(cls, fn):
+        if threading.current_thread() is threading.main_thread():
+            return fn()
+        import queue
+        with cls._lock:
+            if cls._thread is None or not cls._thread.is_alive():
+                cls._jobs = queue.SimpleQueue()
+                cls._thread = threading.Thread(target=cls._serve, args=(cls._jobs,),
+                                               name="revpers-host-forker", daemon=True)
+                cls._thread.start()
+            jobs = cls._jobs
+        done, box = threading.Event(), {}
+        jobs.put((fn, box, done))
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    @staticmethod
+    def _serve(jobs):
+        while True:
+            fn, box, done = jobs.get()
+            try:
+                box["value"] = fn()
+            except BaseException as e:  # handed to the caller's thread
+                box["error"] = e
+            finally:
+                done.set()
+
+
+# The watchdog: reads its stdin (the pipe) to end-of-file, then SIGKILLs the server's process group.
+_WATCHDOG = """\
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+while True:
+    try:
+        if not os.read(0, 4096):
+            break
+    except InterruptedError:
+        continue
+    except OSError:
+        break
+try:
+    os.killpg(int(sys.argv[1]), signal.SIGKILL)
+except OSError:
+    pass
+"""
 
 
 def _yaml_quote(text):
@@ -79,6 +186,8 @@ class ComfyHost:
         self.process = None
         self._workdir = None
         self._log_file = None
+        self._watchdog = None
+        self._watchdog_pipe = None
 
     @property
     def url(self):
@@ -128,17 +237,53 @@ class ComfyHost:
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self._log_file = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            self.command(), cwd=str(self.comfyui_dir), env=env, stdin=subprocess.DEVNULL,
-            stdout=self._log_file, stderr=subprocess.STDOUT,
+        cmd, log_file = self.command(), self._log_file
+        posix = os.name == "posix"
+        death_signal = _death_signal_setter()
+        self.process = _Forker.run(lambda: subprocess.Popen(
+            cmd, cwd=str(self.comfyui_dir), env=env, stdin=subprocess.DEVNULL,
+            stdout=log_file, stderr=subprocess.STDOUT,
             # its own process group: a Ctrl-C in the terminal reaches us, and we stop it in order
-            start_new_session=(os.name == "posix"))
+            start_new_session=posix,
+            # dies with us, even when we are SIGKILLed (see the module's notes)
+            preexec_fn=death_signal))
         try:
+            if posix:
+                self._start_watchdog(self.process.pid)
             self._wait_ready()
         except BaseException:
             self.stop(keep_log=True)
             raise
         return self
+
+    def _start_watchdog(self, group):
+        """The process that SIGKILLs the server's process group `group` once this process has ended
+        (or stop() closed the pipe): the pipe's writing end stays here, never inherited by a child
+        that execs (Python opens pipes non-inheritable)."""
+        read_end, write_end = os.pipe()
+        try:
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(group)], stdin=read_end,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        self._watchdog_pipe = write_end
+
+    def _stop_watchdog(self, timeout=5.0):
+        """Close the pipe: the watchdog kills what is left of the server's process group and exits."""
+        pipe, self._watchdog_pipe = self._watchdog_pipe, None
+        watchdog, self._watchdog = self._watchdog, None
+        if pipe is not None:
+            os.close(pipe)
+        if watchdog is not None:
+            try:
+                watchdog.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                watchdog.kill()
+                watchdog.wait()
 
     def _wait_ready(self):
         deadline = time.monotonic() + self.startup_timeout
@@ -177,6 +322,7 @@ class ComfyHost:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=timeout)
+        self._stop_watchdog()  # and any child the server left behind in its process group
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
