@@ -340,9 +340,39 @@ def with_size(conditioning, size: int):
             for c in conditioning]
 
 
+def with_row_guidance(model, guidance: float, scales: Sequence[float]):
+    """``model`` itself when every row is guided with ``guidance``; else a clone whose guided data prediction
+    is, for each row i whose scale g_i differs, m_u + (m_c − m_u)·g_i (ComfyUI's own formula, so a row's
+    arithmetic depends only on its own scale). The other rows keep ComfyUI's result untouched, bit for bit:
+    guaranteed mode re-samples failing faces while the others come out identical."""
+    rows = [i for i, g in enumerate(scales) if float(g) != float(guidance)]
+    if not rows:
+        return model
+
+    def post_cfg(args):
+        guided = args["denoised"]
+        cond, uncond = args["cond_denoised"], args["uncond_denoised"]
+        if guided.shape[0] != len(scales):
+            raise ValueError(f"per-face guidance has {len(scales)} rows but the sampler's batch has {guided.shape[0]}")
+        out = guided.clone()
+        index = torch.tensor(rows, device=guided.device)
+        g = torch.tensor([float(scales[i]) for i in rows], dtype=guided.dtype, device=guided.device)
+        g = g.view(-1, *([1] * (guided.ndim - 1)))
+        out[index] = uncond[index] + (cond[index] - uncond[index]) * g
+        return out
+
+    patched = model.clone()
+    patched.set_model_sampler_post_cfg_function(post_cfg)
+    return patched
+
+
 def run_sampling(model, record: solver.InversionRecord, positive, negative, guidance: float,
-                 reference_compat: bool = False, reference_size: int = 1024, on_step=None) -> torch.Tensor:
-    """Replay the solver from the record's x_T with its noise maps → final latents (user latent space)."""
+                 reference_compat: bool = False, reference_size: int = 1024, on_step=None,
+                 row_scales: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """Replay the solver from the record's x_T with its noise maps → final latents (user latent space).
+    ``row_scales``: one guidance per face (see `with_row_guidance`); None = ``guidance`` for all."""
+    if row_scales is not None:
+        model = with_row_guidance(model, guidance, row_scales)
     schedule = model_schedule(model)
     if not schedule.same_as(record.schedule):
         raise ValueError("the MODEL's noise schedule differs from the one the inversion used: sample with the same "

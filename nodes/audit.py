@@ -72,15 +72,17 @@ class RevPersAudit:
                                      detect_threshold=analysis.threshold)
         report = audit.audit(auditor, originals, finals, faceset=faces, on_step=Progress(2 * len(originals) + 1))
         text = report.text()
+        # the text for people; the verdicts as data for API clients (the CLI's guaranteed mode reads them)
+        ui = {"text": [text], "revpers_audit": [report.summary()]}
         if not report.passed:
             if on_fail == audit.ON_FAIL[0]:
                 raise ValueError("Audit failed - the output is not safe to use, nothing was saved:\n" + text)
             log.warning("revpers: audit FAILED, saving marked images by request: %s", text.replace("\n", "; "))
-            return {"ui": {"text": [text]}, "result": (_images.to_image(audit.mark_failed(finals, report)),
+            return {"ui": ui, "result": (_images.to_image(audit.mark_failed(finals, report)),
                                                       report, text)}
         if report.left or report.notes:
             log.warning("revpers: %s", text.replace("\n", "; "))
-        return {"ui": {"text": [text]}, "result": (anonymized, report, text)}
+        return {"ui": ui, "result": (anonymized, report, text)}
 
 
 NODE_CLASS_MAPPINGS = {"RevPersAudit": RevPersAudit}

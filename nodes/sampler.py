@@ -1,6 +1,8 @@
 """Anonymized sampling: replay the inversion under identity-guided negative guidance."""
 import logging
 
+from revpers_core import guarantee
+
 from .common import INVERSION, Progress, category
 from . import _comfy_model
 
@@ -50,7 +52,15 @@ class RevPersAnonymizedSampler:
                     "default": 1024, "min": 64, "max": 8192, "step": 8,
                     "tooltip": "Only with reference_compat: the SDXL size conditioning the reference passes during "
                                "sampling (its pipeline default, 1024)."}),
-            }
+            },
+            "optional": {
+                "face_guidance": ("STRING", {
+                    "default": "", "multiline": False,
+                    "tooltip": "Stronger guidance for single faces, as ROW:SCALE pairs (e.g. \"2:-12.5, 5:-15\"), "
+                               "ROW being the face's number in Detect and Align's order, as the audit reports it. "
+                               "Only those faces change: every other face comes out bit-identical. Empty = "
+                               "'guidance' for every face. Guaranteed mode (the revpers CLI) sets it by itself."}),
+            },
         }
 
     RETURN_TYPES = ("LATENT",)
@@ -59,17 +69,23 @@ class RevPersAnonymizedSampler:
     FUNCTION = "sample"
     CATEGORY = category("Diffusion")
 
-    def sample(self, model, conditioning, attribute, inversion, guidance, reference_compat, reference_size):
+    def sample(self, model, conditioning, attribute, inversion, guidance, reference_compat, reference_size,
+               face_guidance=""):
         check_identity(model, inversion)
         tokens = _comfy_model.identity_of(model)
-        if guidance >= 0 or tokens.scale == 0:
-            log.warning("revpers: guidance %.2f with ip_adapter_scale %.2f does not push the faces away from their "
-                        "identities (anonymization needs negative guidance and a non-zero scale)", guidance,
-                        tokens.scale)
+        overrides = guarantee.parse_face_guidance(face_guidance, inversion.batch_size)
+        scales = guarantee.row_guidance(float(guidance), overrides, inversion.batch_size)
+        warning = guarantee.weak_guidance_warning(float(guidance), tokens.scale)
+        if warning:
+            log.warning("revpers: %s", warning)
         out = _comfy_model.run_sampling(model, inversion, conditioning, attribute, float(guidance),
                                         bool(reference_compat), int(reference_size),
-                                        on_step=Progress(inversion.steps))
-        return ({"samples": out},)
+                                        on_step=Progress(inversion.steps), row_scales=scales)
+        text = [warning] if warning else []
+        if overrides:
+            text.append(f"per-face guidance: {guarantee.format_face_guidance(overrides)} (the other faces: "
+                        f"{float(guidance):g})")
+        return {"ui": {"text": text}, "result": ({"samples": out},)} if text else ({"samples": out},)
 
 
 NODE_CLASS_MAPPINGS = {"RevPersAnonymizedSampler": RevPersAnonymizedSampler}

@@ -25,6 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
+from . import guarantee
 from . import models as model_registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,6 +56,8 @@ KNOBS = {
     # save photos that fail the audit (marked NOT ANONYMIZED) instead of stopping the run
     "allow_unanonymized": [("RevPersAudit", "on_fail")],
     "check_fails": [("RevPersAnonymityCheck", "fail_if_recognizable")],  # set with --allow-unanonymized
+    "arcface_threshold": [("RevPersAudit", "arcface_threshold")],
+    "dlib_threshold": [("RevPersAudit", "dlib_threshold")],
     "crop_size": [("RevPersDetectAlign", "crop_size")],
     "filename_prefix": [("SaveImage", "filename_prefix")],
 }
@@ -362,6 +365,88 @@ def example_photo(name, standin, workdir):
                   "as it is)"]
 
 
+# How ComfyUI's LoadImage would misread a mode: 16-bit greyscale is clipped to white there, so
+# these photos are uploaded as the 8-bit RGB PNG read here; RGB, RGBA and L go up as they are.
+_UPLOAD_AS_IS = ("RGB", "RGBA", "L")
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def photo_has_alpha(path):
+    """Whether the photo carries transparency: an alpha band (RGBA, LA, PA, RGBa) or palette/colour-key
+    transparency (P, L, RGB with a tRNS chunk). Reads only the header."""
+    from PIL import Image
+    with Image.open(path) as im:
+        return bool(im.has_transparency_data)
+
+
+def read_photo(path):
+    """The photo as the workflow sees it: (8-bit "RGB" image, its alpha as an 8-bit "L" image or None,
+    the mode it had, its frame count). Read as ComfyUI's LoadImage reads a picture (EXIF orientation
+    applied; the first frame), but 16-bit greyscale ("I;16", or "I" from older Pillow) is scaled to 8
+    bits (/257; LoadImage would clip it to white), float ("F") in 0..1 is scaled by 255, CMYK goes
+    through its embedded ICC profile to sRGB when it has one (else Pillow's plain conversion),
+    palette and grey photos are expanded to RGB. Alpha, where the photo has any, comes out as the
+    RGBA conversion's alpha: an alpha band as it is, palette transparency as 0/255 per entry."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as src:
+        frames = getattr(src, "n_frames", 1)
+        src.seek(0)
+        im = ImageOps.exif_transpose(src)
+    mode = im.mode
+    alpha = None
+    if im.has_transparency_data:
+        try:
+            alpha = im.convert("RGBA").getchannel("A")
+        except ValueError:
+            alpha = None  # a mode Pillow cannot expand (e.g. "La"): treated as opaque
+    try:
+        if mode in _SIXTEEN_BIT:
+            values = np.asarray(im).astype(np.float64)
+            rgb = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), "L").convert("RGB")
+        elif mode == "F":
+            values = np.asarray(im).astype(np.float64)
+            if values.size and np.nanmax(values) <= 1.0:
+                values = values * 255.0
+            rgb = Image.fromarray(np.clip(np.rint(np.nan_to_num(values)), 0, 255).astype(np.uint8), "L").convert("RGB")
+        elif mode == "CMYK" and im.info.get("icc_profile"):
+            import io
+            from PIL import ImageCms
+            try:
+                rgb = ImageCms.profileToProfile(im, ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"])),
+                                                ImageCms.createProfile("sRGB"), outputMode="RGB")
+            except (ImageCms.PyCMSError, OSError, ValueError):
+                rgb = im.convert("RGB")
+        elif mode == "RGB":
+            rgb = im
+        else:
+            rgb = im.convert("RGB")
+    except ValueError as e:
+        raise CliError(f"{path}: a picture in mode {mode} cannot be read as RGB ({e}); save it as an RGB "
+                       "or RGBA PNG", EXIT_USAGE)
+    return rgb, alpha, mode, frames
+
+
+def _photo_for_upload(photo, workdir):
+    """(the file to upload, the photo's alpha or None). A photo in a mode ComfyUI would misread goes
+    up as the 8-bit RGB PNG `read_photo` makes; an animated one (every frame goes to the server)
+    goes up as it is, without alpha handling."""
+    rgb, alpha, mode, frames = read_photo(photo)
+    if frames > 1:
+        return Path(photo), None
+    if mode in _UPLOAD_AS_IS:
+        return Path(photo), alpha
+    path = Path(workdir) / f"photo-{Path(photo).stem}.png"
+    rgb.save(path, format="PNG")
+    _say(f"the photo is in mode {mode}: uploading it as an 8-bit RGB PNG"
+         + (" (its alpha channel is put back on the output)" if alpha is not None else ""))
+    return path, alpha
+
+
+_OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
 def _validate(p, a):
     if a.example and a.photo:
         p.error(f"give a photo or --example {a.example}, not both")
@@ -394,6 +479,25 @@ def _validate(p, a):
         p.error(f"--faces {a.faces!r}: use all, largest, or a number N (the N largest faces)")
     if a.standin_weights and a.server:
         p.error("--standin-weights runs its own local ComfyUI on the stand-in files; leave out --server")
+    from .faces import recognizers
+    for name, value, bounds in (("--arcface-threshold", a.arcface_threshold, recognizers.ARCFACE_BOUNDS),
+                                ("--dlib-threshold", a.dlib_threshold, recognizers.DLIB_BOUNDS)):
+        if value is not None and not bounds[0] <= value <= bounds[1]:
+            p.error(f"{name} {value:g}: must be within {bounds[0]:g} to {bounds[1]:g}, so that the audit cannot "
+                    "be switched off by a threshold (leave the audit out of the workflow to run without it)")
+    if a.guidance is not None and a.guidance >= 0:
+        if not a.force:
+            p.error(f"--guidance {a.guidance:g}: anonymization needs a NEGATIVE guidance (the paper uses -10). "
+                    "At 0 the sampler only replays the inversion, which gives the input faces back; above 0 it "
+                    "pulls each face TOWARD the person's identity. Either way the output shows who they are. "
+                    "Add --force to run it anyway (to study the method, never to anonymize)")
+        _say(f"warning: --guidance {a.guidance:g} with --force: the faces are NOT pushed away from their "
+             "identities; the output does not anonymize anyone")
+    if a.photo and out.suffix.lower() in (".jpg", ".jpeg") and photo_has_alpha(a.photo):
+        if not a.force:
+            p.error(f"-o {out}: the photo {a.photo} has an alpha channel (transparency) and a JPEG cannot hold "
+                    "one; write .png or .webp to keep it, or add --force to drop it")
+        _say(f"warning: --force: {out.name} is a JPEG, so the photo's alpha channel (transparency) is dropped")
 
 
 def _knob_values(a):
@@ -432,15 +536,40 @@ def _host_args(a):
     return args + shlex.split(a.server_args or "")
 
 
-def _save_output(data, out):
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".png":
-        out.write_bytes(data)
-        return
+def _save_output(data, out, alpha=None):
+    """Write the server's picture `data` to `out`, in the format its suffix names. `alpha` (an "L"
+    image: the input photo's alpha channel, which ComfyUI's LoadImage splits off) is put back when
+    the picture is the photo's size, has no alpha of its own and the format holds one (PNG, WEBP).
+    The file is written beside `out` under a temporary name and renamed: it is complete or absent."""
     import io
     from PIL import Image
-    with Image.open(io.BytesIO(data)) as im:
-        im.convert("RGB").save(out)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fmt = _OUTPUT_FORMATS[out.suffix.lower()]
+    part = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            own_alpha = im.has_transparency_data
+            if alpha is not None and not own_alpha and fmt != "JPEG":
+                if im.size == alpha.size:
+                    picture = im.convert("RGB")
+                    picture.putalpha(alpha)
+                    picture.save(part, format=fmt)
+                    os.replace(part, out)
+                    return
+                _say(f"note: {out.name} is {im.size[0]}x{im.size[1]} but the photo was {alpha.size[0]}x"
+                     f"{alpha.size[1]}: its alpha channel is not put back")
+            if fmt == "PNG" and im.format == "PNG":
+                part.write_bytes(data)
+            elif fmt == "JPEG" or not own_alpha:
+                im.convert("RGB").save(part, format=fmt)
+            else:
+                im.convert("RGBA").save(part, format=fmt)
+        os.replace(part, out)
+    finally:
+        if part.exists():
+            part.unlink()
 
 
 def run_anonymize(p, a):
@@ -461,6 +590,7 @@ def run_anonymize(p, a):
         values["checkpoint"] = a.checkpoint
     values["filename_prefix"] = "revpers-cli"
     graph = apply_knobs(graph, values, soft)
+    _refuse_weak_settings(graph, workflow_path, a.force)
     in_graph = [graph[n]["inputs"].get("ckpt_name") for n in nodes_of(graph, "CheckpointLoaderSimple")]
     checkpoint = next((c for c in in_graph if isinstance(c, str)), None) or model_registry.DEFAULT_CHECKPOINT
     if not nodes_of(graph, "LoadImage"):
@@ -479,7 +609,7 @@ def run_anonymize(p, a):
         if missing:
             raise CliError(model_registry.describe_missing(missing), EXIT_MISSING)
 
-    from .api import ComfyClient, ComfyError, PromptRejected
+    from .api import ComfyClient, ComfyError, PromptRejected, ServerGone
     from .host import ComfyHost, HostError
 
     host = client = None
@@ -516,61 +646,72 @@ def run_anonymize(p, a):
             _say(*lines)
         else:
             photo = Path(a.photo)
-        name = client.upload_image(photo, name=f"revpers-{uuid.uuid4().hex[:8]}-{photo.name}")
+        upload, alpha = _photo_for_upload(photo, workdir)
+        name = client.upload_image(upload, name=f"revpers-{uuid.uuid4().hex[:8]}-{upload.name}")
         graph = apply_knobs(graph, {"image": name})
         progress = NodeProgress(graph, enabled=not a.quiet)
         t0 = time.time()
-        try:
-            prompt_id = client.queue(graph)
-            result = client.follow(prompt_id, on_event=progress, timeout=a.timeout)
-        except PromptRejected as e:
-            raise CliError(f"the server refused the workflow:\n{e}", EXIT_FAILED)
-        except KeyboardInterrupt:
-            progress.close()
-            try:
-                client.interrupt()
-            except Exception:
-                pass
-            raise CliError("interrupted; the run was cancelled", EXIT_INTERRUPTED)
-        except TimeoutError as e:
-            raise CliError(str(e), EXIT_FAILED)
-        finally:
-            progress.close()
-        if result.status != "success":
-            raise CliError(f"the run failed: {result.message or 'no message from the server'}", EXIT_FAILED)
+        plan = _guarantee_plan(graph, a)
+        if plan is not None:
+            # the audit hands its verdicts back instead of stopping: the CLI decides what is written
+            graph = apply_knobs(graph, {"allow_unanonymized": "save marked NOT ANONYMIZED"})
+            plan.start()
+        overrides = {}
+        while True:
+            result = _run_graph(client, _with_face_guidance(graph, overrides), progress, a, host)
+            summary = _audit_summary(result, graph)
+            if plan is None or summary is None or summary["passed"]:
+                break
+            overrides = plan.next(summary["failed_rows"], summary["unfixable"])
+            if overrides is None:
+                break
+            rows = ", ".join(str(r) for r in plan.attempts[-2].failed_rows)
+            _say(f"guaranteed mode: face row(s) {rows} still recognizable; sampling only those again "
+                 f"(attempt {plan.attempts[-1].number}: face_guidance \"{guarantee.format_face_guidance(overrides)}\", "
+                 f"the other faces {plan.base:g}, their pixels unchanged; the inversion is reused)")
+
+        texts = _check_texts(result, graph)
+        if texts:
+            print("audit:" if nodes_of(graph, CHECK_CLASSES[0]) else "anonymity check:")
+            for t in texts:
+                print("  " + t.replace("\n", "\n  "))
+        elif any(nodes_of(graph, cls) for cls in CHECK_CLASSES):
+            print("anonymity check: the check node reported nothing")
+        if plan is not None and len(plan.attempts) > 1:
+            print("guaranteed mode, attempts per face:")
+            for line in plan.lines():
+                print(line)
+        failed = (not summary["passed"]) if summary is not None else \
+            any("RESULT: FAILED" in t or "at or above the threshold" in t for t in texts)
+        if failed and not a.allow_unanonymized:
+            raise CliError(_not_anonymized(summary, plan, a.output), EXIT_FAILED)
 
         save_ids = set(nodes_of(graph, OUTPUT_CLASS))
         images = [img for nid in sorted(save_ids) for img in result.images(nid)]
         if not images:
             raise CliError("the workflow finished without an output image", EXIT_FAILED)
         out = Path(a.output)
+        try:  # every picture first: a server that stops now leaves no output at all
+            pictures = [client.view(img["filename"], img.get("subfolder", ""), img.get("type", "output"))
+                        for img in images]
+        except ServerGone as e:
+            raise CliError(_server_gone(e, host, a.output), EXIT_SERVER)
         written = []
-        for i, img in enumerate(images):
+        for i, data in enumerate(pictures):
             target = out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}")
-            _save_output(client.view(img["filename"], img.get("subfolder", ""), img.get("type", "output")), target)
+            _save_output(data, target, alpha)
             written.append(target)
         print(f"wrote {', '.join(str(w) for w in written)} ({time.time() - t0:.1f} s)")
-        check_ids = [nid for cls in CHECK_CLASSES for nid in nodes_of(graph, cls)]
-        texts = []
-        for nid in check_ids:
-            for key, value in (result.outputs.get(nid) or {}).items():
-                for item in value if isinstance(value, list) else [value]:
-                    if isinstance(item, str):
-                        texts.append(item)
-        if texts:
-            print("audit:" if nodes_of(graph, CHECK_CLASSES[0]) else "anonymity check:")
-            for t in texts:
-                print("  " + t.replace("\n", "\n  "))
-        elif check_ids:
-            print("anonymity check: the check node reported nothing")
         if a.standin_weights:
             _say(BANNER)
-        if any("RESULT: FAILED" in t or "at or above the threshold" in t for t in texts):
+        if failed:
             _say("WARNING: the audit FAILED - a face is still recognizable. The output was written only because "
-                 "--allow-unanonymized (or the workflow's own check setting) asked to save it anyway; the audit "
-                 "marks such photos NOT ANONYMIZED. Exit code 5.")
+                 "--allow-unanonymized asked to save it anyway; the audit marks such photos NOT ANONYMIZED. "
+                 "Exit code 5.")
             return EXIT_UNANONYMIZED
         return EXIT_OK
+    except ServerGone as e:
+        raise CliError(_server_gone(e, host, a.output), EXIT_SERVER)
     except ComfyError as e:
         raise CliError(f"the server answered with an error: {e}", EXIT_SERVER)
     finally:
@@ -579,6 +720,147 @@ def run_anonymize(p, a):
         if host is not None:
             host.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _refuse_weak_settings(graph, workflow_path, force):
+    """Settings in the workflow that cannot anonymize (guidance 0 or more, identity scale 0) stop the
+    run before any work, unless --force."""
+    weak = []
+    for nid in nodes_of(graph, "RevPersAnonymizedSampler"):
+        g = graph[nid]["inputs"].get("guidance")
+        if isinstance(g, (int, float)) and g >= 0:
+            weak.append(f"node {nid} (Anonymized Sampler) has guidance {g:g}: 0 or more does not push the faces "
+                        "away from their identities")
+    for nid in nodes_of(graph, "RevPersIdentityConditioning"):
+        scale = graph[nid]["inputs"].get("ip_adapter_scale")
+        if isinstance(scale, (int, float)) and scale == 0:
+            weak.append(f"node {nid} (Identity Conditioning) has ip_adapter_scale 0: the identity branch is empty")
+    if not weak:
+        return
+    if not force:
+        raise CliError(f"the workflow {workflow_path} cannot anonymize as set:\n  " + "\n  ".join(weak)
+                       + "\nUse a negative guidance (the paper's -10) and a non-zero scale, or add --force to run "
+                       "it anyway (to study the method, never to anonymize)", EXIT_USAGE)
+    _say(*[f"warning: --force: {w}; the output does not anonymize anyone" for w in weak])
+
+
+def _guarantee_plan(graph, a):
+    """The attempts of guaranteed mode, or None: off (--no-retry), or the workflow has no audit or no
+    Anonymized Sampler whose guidance is a number to start from."""
+    if a.no_retry or not nodes_of(graph, "RevPersAudit"):
+        return None
+    samplers = nodes_of(graph, "RevPersAnonymizedSampler")
+    bases = {graph[n]["inputs"].get("guidance") for n in samplers}
+    if len(bases) != 1 or not isinstance(next(iter(bases)), (int, float)):
+        return None
+    base = float(next(iter(bases)))
+    if base >= 0:
+        return None
+    try:
+        return guarantee.Plan(base, tuple(g for g in a.retry_guidance if g < base))
+    except ValueError as e:
+        raise CliError(f"--retry-guidance: {e}", EXIT_USAGE)
+
+
+def _with_face_guidance(graph, overrides):
+    if not overrides:
+        return graph
+    graph = json.loads(json.dumps(graph))
+    for nid in nodes_of(graph, "RevPersAnonymizedSampler"):
+        graph[nid]["inputs"]["face_guidance"] = guarantee.format_face_guidance(overrides)
+    return graph
+
+
+def _run_graph(client, graph, progress, a, host):
+    """Queue the graph and follow it to its end; the run's result (success only)."""
+    from .api import PromptRejected, ServerGone
+    try:
+        prompt_id = client.queue(graph)
+        result = client.follow(prompt_id, on_event=progress, timeout=a.timeout)
+    except PromptRejected as e:
+        raise CliError(f"the server refused the workflow:\n{e}", EXIT_FAILED)
+    except KeyboardInterrupt:
+        progress.close()
+        try:
+            client.interrupt()
+        except Exception:
+            pass
+        raise CliError("interrupted; the run was cancelled", EXIT_INTERRUPTED)
+    except TimeoutError as e:
+        raise CliError(str(e), EXIT_FAILED)
+    except ServerGone as e:
+        raise CliError(_server_gone(e, host, a.output), EXIT_SERVER)
+    finally:
+        progress.close()
+    if result.status != "success":
+        raise CliError(f"the run failed: {result.message or 'no message from the server'}", EXIT_FAILED)
+    return result
+
+
+def _check_texts(result, graph):
+    texts = []
+    for nid in [nid for cls in CHECK_CLASSES for nid in nodes_of(graph, cls)]:
+        for key, value in (result.outputs.get(nid) or {}).items():
+            if key != "text":
+                continue
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, str):
+                    texts.append(item)
+    for nid in nodes_of(graph, "RevPersAnonymizedSampler"):  # its warning, if any
+        texts += [t for t in (result.outputs.get(nid) or {}).get("text", []) if t.startswith("NOT ANONYMIZING")]
+    return texts
+
+
+def _audit_summary(result, graph):
+    """The audit node's verdicts as data (merged over its outputs), or None without an audit."""
+    summaries = [item for nid in nodes_of(graph, "RevPersAudit")
+                 for item in (result.outputs.get(nid) or {}).get("revpers_audit", []) if isinstance(item, dict)]
+    if not summaries:
+        return None
+    return {"passed": all(x["passed"] for x in summaries),
+            "failed_rows": sorted({r for x in summaries for r in x.get("failed_rows", [])}),
+            "unfixable": [u for x in summaries for u in x.get("unfixable", [])]}
+
+
+def _not_anonymized(summary, plan, output):
+    lines = ["the audit FAILED: a face is still recognizable in the anonymized photo, so nothing was written "
+             f"to {output}."]
+    if summary is not None:
+        for u in summary["unfixable"]:
+            lines.append(f"  {u}: not a face Detect and Align anonymized (its detector did not take it for a face, "
+                         "or it was covered), so sampling again cannot change it")
+        if plan is not None and plan.exhausted_rows:
+            lines.append(f"  face row(s) {', '.join(map(str, plan.exhausted_rows))}: still recognizable after the "
+                         f"strongest guidance tried ({((plan.base,) + plan.retries)[-1]:g})")
+    lines.append("See the audit above. Stronger --retry-guidance values, another --seed or --attribute may help; "
+                 "--allow-unanonymized writes the photo marked NOT ANONYMIZED (exit code 5).")
+    return "\n".join(lines)
+
+
+def _server_gone(error, host, output):
+    """The message for a server that stopped answering: the client's, then (for the local server this
+    command started) how its process ended and its last log lines, and that nothing was written."""
+    lines = [str(error)]
+    proc = host.process if host is not None else None
+    if proc is not None:
+        try:
+            code = proc.wait(timeout=3)
+        except Exception:
+            code = proc.poll()
+        if code is None:
+            lines.append("The local ComfyUI this command started is still running but does not answer.")
+        else:
+            import signal
+            how = f"exit code {code}"
+            if code < 0:
+                try:
+                    how = f"killed by signal {signal.Signals(-code).name}"
+                except ValueError:
+                    how = f"killed by signal {-code}"
+            lines.append(f"The local ComfyUI this command started has ended ({how}); its last log lines:")
+            lines += ["  | " + line for line in host.log_tail(12).splitlines()] or ["  | (empty)"]
+    lines.append(f"Nothing was written to {output}.")
+    return "\n".join(lines)
 
 
 # --- models --------------------------------------------------------------------------------------
@@ -615,11 +897,28 @@ def run_models(p, a):
 
 # --- entry point ---------------------------------------------------------------------------------
 
+def _guidance_list(text):
+    """"-12.5,-15" -> (-12.5, -15.0), each a guidance that anonymizes ("" or "none" -> no retries)."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give negative numbers separated by commas, e.g. -12.5,-15")
+    try:
+        for v in values:
+            guarantee.check_face_guidance(v, "a retry guidance")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+    return values
+
+
 def build_parser():
+    from .faces import recognizers
     p = argparse.ArgumentParser(prog="revpers", description="Reverse Personalization: face anonymization "
                                 "by negative identity guidance, run through ComfyUI.",
                                 epilog="exit codes: 0 done, 1 the run failed, 2 bad arguments, 3 model files "
-                                "missing, 4 no usable server, 5 written although the audit failed (--allow-unanonymized), "
+                                "missing, 4 no usable server (or it stopped during the run; nothing is written), 5 written although the audit failed (--allow-unanonymized), "
                                 "130 interrupted")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -637,7 +936,11 @@ def build_parser():
     an.add_argument("--models", help="an extra models folder (checkpoints/, ipadapter/, insightface/...) for "
                     "the local server; with --standin-weights, where the stand-ins go")
     an.add_argument("--workflow", help="API-format workflow to run (default: the shipped one)")
-    an.add_argument("--guidance", type=float, help="identity guidance scale; negative pushes away (default -10)")
+    an.add_argument("--guidance", type=float, help="identity guidance scale; negative pushes away (default -10); "
+                    "0 or more does not anonymize and is refused without --force")
+    an.add_argument("--force", action="store_true", help="run even when a setting defeats the purpose: --guidance "
+                    "0 or more (the faces keep or gain their identity), or a .jpg output for a photo with an alpha "
+                    "channel (the alpha is dropped)")
     an.add_argument("--skip", type=float, help="fraction of the diffusion skipped by the inversion (default 0.7)")
     an.add_argument("--steps", type=int, help="inversion/sampling steps (default 100)")
     an.add_argument("--seed", type=int, help="seed of the inversion noise (default 0)")
@@ -651,6 +954,18 @@ def build_parser():
                     "the model)")
     an.add_argument("--allow-unanonymized", action="store_true", help="write the photo even when the audit finds "
                     "a face still recognizable; it is then marked NOT ANONYMIZED (default: fail, write nothing)")
+    an.add_argument("--arcface-threshold", type=float, help="the audit's ArcFace cosine similarity at or above which a "
+                    f"face counts as still recognizable ({recognizers.ARCFACE_BOUNDS[0]:g} to "
+                    f"{recognizers.ARCFACE_BOUNDS[1]:g}; default {recognizers.ARCFACE_DEFAULT:g}; lower is stricter)")
+    an.add_argument("--dlib-threshold", type=float, help="the audit's dlib descriptor distance at or below which a "
+                    f"face counts as still recognizable ({recognizers.DLIB_BOUNDS[0]:g} to "
+                    f"{recognizers.DLIB_BOUNDS[1]:g}; default {recognizers.DLIB_DEFAULT:g}; higher is stricter)")
+    an.add_argument("--retry-guidance", type=_guidance_list, default=guarantee.RETRY_GUIDANCE, metavar="G1,G2,...",
+                    help="guaranteed mode: faces that fail the audit are sampled again, only those, with these "
+                    "stronger guidances in turn (default " + ",".join(f"{g:g}" for g in guarantee.RETRY_GUIDANCE)
+                    + "); the other faces stay bit-identical. After the last, the run fails naming the faces")
+    an.add_argument("--no-retry", action="store_true", help="no guaranteed mode: a face that fails the audit "
+                    "fails the run at once")
     an.add_argument("--crop-size", type=int, dest="crop_size", help="aligned face crop size in px (default 1024)")
     an.add_argument("--checkpoint", help=f"SDXL checkpoint file name in models/checkpoints "
                     f"(default {model_registry.DEFAULT_CHECKPOINT})")

@@ -234,13 +234,17 @@ def test_the_anonymity_check_text_is_printed(comfy_server, tmp_path, capsys):
             "fail_if_recognizable": False}},
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 2], "filename_prefix": "chk"}},
     }
-    code, stdout, err = run(["anonymize", photo, "-o", tmp_path / "o.png", "--server", comfy_server.url,
-                             "--workflow", write_workflow(tmp_path, graph)], capsys)
-    # the face compared with itself fails the check; the workflow says to save anyway: written, loudly
+    argv = ["anonymize", photo, "-o", tmp_path / "o.png", "--server", comfy_server.url,
+            "--workflow", write_workflow(tmp_path, graph)]
+    # the face compared with itself fails the check: the CLI writes nothing, whatever the workflow says
+    code, stdout, err = run(argv, capsys)
+    assert code == cli.EXIT_FAILED and "nothing was written" in err and not (tmp_path / "o.png").exists()
+    # unless asked to: written, loudly
+    code, stdout, err = run(argv + ["--allow-unanonymized"], capsys)
     assert code == cli.EXIT_UNANONYMIZED, err
     assert "WARNING: the audit FAILED" in err
-    head, _, text = stdout.partition("anonymity check:\n")
-    assert f"wrote {tmp_path / 'o.png'}" in head
+    text, _, tail = stdout.partition("anonymity check:\n")[2].partition("wrote ")
+    assert tail.startswith(str(tmp_path / "o.png"))
     ui = comfy_server.history(list(comfy_server.history())[-1])["outputs"]["3"]["text"][0]
     assert text.strip() == ui.strip().replace("\n", "\n  ") and text.strip()
     print(text)
@@ -436,3 +440,50 @@ def test_fewer_faces_allowed_than_found_fails_unless_the_others_are_left_on_requ
     result = np.asarray(Image.open(out).convert("RGB"))
     assert (result[5, 600] == [255, 0, 0]).all()  # the red banner across the top
     shutil.copy(out, artifact_dir("cli") / "example_group_one_face_others_left.png")
+
+
+def partial_marker_photo(path):
+    """A 640x480 cut of InsightFace's t1.jpg with three people: two hidden under full marker faces, and one
+    whose marker is small (r 16) on the nose, so the stand-in detector sees only that marker while dlib
+    still sees the real face around it: the model edits a bit of the face, the rest stays recognizable,
+    whatever the guidance."""
+    from faces_fixtures import insightface_image
+    from revpers_core.standins.buffalo_l import draw_marker_face
+
+    rgb = insightface_image("t1.jpg")[40:520, 400:1040].copy()
+    for centre, radius, seed in [((103, 322), 16, 22), ((378, 380), 54, 44), ((534, 91), 65, 55)]:
+        draw_marker_face(rgb, centre, radius, seed=seed)
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def test_guaranteed_mode_samples_only_the_failing_face_again_then_fails_closed(tmp_path, capsys):
+    """A face still recognizable (by dlib) after paste-back is sampled again with -12.5, then -15, only it:
+    the other faces' pixels are identical to those of the first attempt; after the strongest guidance the
+    run fails naming the face, with its attempts, and writes nothing."""
+    pytest.importorskip("dlib")
+    photo = partial_marker_photo(tmp_path / "partial.png")
+    common = ["anonymize", photo, "--standin-weights", "--standin-arch", "sd15",
+              "--models", REPO / ".host" / "test-models", "-q"]
+    out = tmp_path / "out.png"
+    code, stdout, err = run(common + ["-o", out], capsys)
+    assert code == cli.EXIT_FAILED and not out.exists(), err
+    assert 'attempt 2: face_guidance "0:-12.5", the other faces -10' in err
+    assert 'attempt 3: face_guidance "0:-15"' in err
+    assert ("face row 0: guidance -10 -> STILL RECOGNIZABLE; guidance -12.5 -> STILL RECOGNIZABLE; "
+            "guidance -15 -> STILL RECOGNIZABLE") in stdout
+    assert "face row(s) 0: still recognizable after the strongest guidance tried (-15)" in err
+    assert "nothing was written" in err
+    # the same two runs written marked (--allow-unanonymized): first attempt only, and after the retries
+    first, last = tmp_path / "first.png", tmp_path / "last.png"
+    code, stdout, err = run(common + ["-o", first, "--allow-unanonymized", "--no-retry"], capsys)
+    assert code == cli.EXIT_UNANONYMIZED and "guaranteed mode" not in err, err
+    code, stdout, err = run(common + ["-o", last, "--allow-unanonymized"], capsys)
+    assert code == cli.EXIT_UNANONYMIZED and "attempt 3" in err, err
+    a, b = (np.asarray(Image.open(p).convert("RGB")).astype(int) for p in (first, last))
+    differs = np.abs(a - b).max(axis=2) > 0
+    ys, xs = np.nonzero(differs)
+    assert differs.any() and xs.max() < 200 and ys.min() > 200  # only around the retried face at (103, 322)
+    for (x, y), r in [((378, 380), 54), ((534, 91), 65)]:  # the other faces: bit-identical
+        assert not differs[max(0, y - 2 * r):y + 2 * r, x - 2 * r:x + 2 * r].any()
+    shutil.copy(last, artifact_dir("cli") / "guaranteed_mode_failed_marked.png")

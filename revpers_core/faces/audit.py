@@ -51,6 +51,8 @@ class Seen:
     detection: Detection
     found_by: list[str]
     status: str = "anonymized"  # for original faces: anonymized, covered, left by request
+    row: int | None = None      # for original faces Detect and Align anonymized: their row in its face batch
+    recorded: bool = False      # Detect and Align has it (anonymized, covered or left)
 
     @property
     def box(self):
@@ -103,6 +105,7 @@ class FaceAudit:
     found_by: list[str]
     status: str
     judgements: list[Judgement] = field(default_factory=list)
+    row: int | None = None  # the face's row in Detect and Align's batch (the sampler's face_guidance ROW)
 
     @property
     def recognized(self) -> bool:
@@ -141,14 +144,32 @@ class AuditReport:
     def failed_images(self) -> list[int]:
         return sorted({f.image_index for f in self.failed})
 
+    @property
+    def failed_rows(self) -> list[int]:
+        """Sampler rows of the failing faces: what guaranteed mode can sample again."""
+        return sorted({f.row for f in self.failed if f.row is not None})
+
+    @property
+    def unfixable(self) -> list[FaceAudit]:
+        """Failing faces that are no sampler row (no detector of Detect and Align took them for a face,
+        or they were covered): sampling again cannot change them."""
+        return [f for f in self.failed if f.row is None]
+
+    def summary(self) -> dict:
+        """The verdicts as plain data (the node's UI output, read by the CLI's guaranteed mode)."""
+        return {"passed": self.passed, "failed_rows": self.failed_rows,
+                "unfixable": [f"face {f.index} ({_where(f)})" for f in self.unfixable],
+                "left": len(self.left), "rows": self.rows()}
+
     def text(self) -> str:
         lines = ["Audit of the final image(s): is any original face still recognizable anywhere in them?",
                  "Recognizers: " + "; ".join(self.recognizers)]
         lines += [f"Note: {n}" for n in self.notes]
         for f in self.faces:
             cx, cy = (f.box[0] + f.box[2]) / 2.0, (f.box[1] + f.box[3]) / 2.0
+            row = f", row {f.row}" if f.row is not None else ""
             lines.append(f"  face {f.index} (image {f.image_index}, at ({cx:.0f}, {cy:.0f}), {f.size:.0f} px, "
-                         f"found by {', '.join(f.found_by)}, {f.status}): {f.verdict}")
+                         f"found by {', '.join(f.found_by)}, {f.status}{row}): {f.verdict}")
             for j in f.judgements:
                 if j.at_place is None:
                     lines.append(f"      {j.recognizer}: not measured - {j.reason}")
@@ -166,6 +187,15 @@ class AuditReport:
             images = ", ".join(str(i) for i in self.failed_images())
             lines.append(f"RESULT: FAILED - {n_fail} of {len(self.faces)} face(s) still recognizable "
                          f"(image {images})")
+            if self.failed_rows:
+                from ..guarantee import RETRY_GUIDANCE, format_face_guidance
+                hint = format_face_guidance({r: RETRY_GUIDANCE[0] for r in self.failed_rows})
+                lines.append(f"To sample only those faces again with stronger guidance (the others stay "
+                             f"bit-identical), set the Anonymized Sampler's face_guidance to a stronger guidance than its own, e.g. \"{hint}\" "
+                             f"(guaranteed mode of the revpers CLI does this by itself)")
+            for f in self.unfixable:
+                lines.append(f"  face {f.index} is no face Detect and Align anonymized ({f.status}, found by "
+                             f"{', '.join(f.found_by)}): stronger guidance cannot change it")
         else:
             lines.append(f"RESULT: passed - none of the {len(self.faces) - n_left} face(s) to anonymize is "
                          f"recognizable in the final image(s)")
@@ -178,7 +208,7 @@ class AuditReport:
         out = []
         for f in self.faces:
             for j in f.judgements:
-                out.append({"face": f.index, "image": f.image_index,
+                out.append({"face": f.index, "image": f.image_index, "row": f.row,
                             "box": [round(float(v), 1) for v in f.box], "size": round(float(f.size), 1),
                             "found_by": "+".join(f.found_by), "status": f.status,
                             "recognizer": j.recognizer, "measure": j.measure, "threshold": j.threshold,
@@ -233,19 +263,36 @@ def make_auditor(analyser, arcface_threshold: float, dlib_threshold: float,
     return Auditor(analyser, judges, rec.DlibHOG(), detect_threshold, notes)
 
 
-def _recorded(faceset: FaceSet | None, image_index: int) -> list[tuple[Detection, str]]:
+def _recorded(faceset: FaceSet | None, image_index: int) -> list[tuple[Detection, str, int | None]]:
     if faceset is None:
         return []
-    out = [(Detection(r.box, r.landmarks, r.score), "anonymized") for r in faceset.faces
-           if r.image_index == image_index]
+    out = [(Detection(faceset.faces[row].box, faceset.faces[row].landmarks, faceset.faces[row].score),
+            "anonymized", row) for row in faceset.faces_of(image_index)]
     status = {COVERED: "covered", LEFT: "left by request"}
-    out += [(Detection(s.box, s.landmarks, s.score), status[s.action]) for s in faceset.skipped_of(image_index)]
+    out += [(Detection(s.box, s.landmarks, s.score), status[s.action], None)
+            for s in faceset.skipped_of(image_index)]
     return out
 
 
-def _describe(seen: Seen) -> str:
-    cx, cy = (seen.box[0] + seen.box[2]) / 2.0, (seen.box[1] + seen.box[3]) / 2.0
-    return f"image {seen.image_index} at ({cx:.0f}, {cy:.0f})"
+def _attribute_missed(seen: list[Seen], recorded) -> None:
+    """Faces a detector found in the original that Detect and Align does not have: their status says so,
+    and one that holds exactly one anonymized face (its centre inside the box: the model edited part of
+    this face) gets that face's row, the only lever guaranteed mode has on it."""
+    for face in seen:
+        if face.recorded:
+            continue
+        face.status = "missed by Detect and Align"
+        x1, y1, x2, y2 = face.box
+        inside = [row for det, status, row in recorded if row is not None
+                  and x1 <= det.centre[0] <= x2 and y1 <= det.centre[1] <= y2]
+        if len(inside) == 1:
+            face.row = inside[0]
+
+
+def _where(face) -> str:
+    cx, cy = (face.box[0] + face.box[2]) / 2.0, (face.box[1] + face.box[3]) / 2.0
+    return f"image {face.image_index} at ({cx:.0f}, {cy:.0f})"
+
 
 
 def audit(auditor: Auditor, originals, finals, faceset: FaceSet | None = None, on_step=None) -> AuditReport:
@@ -269,12 +316,17 @@ def audit(auditor: Auditor, originals, finals, faceset: FaceSet | None = None, o
         if on_step is not None:
             on_step(i, steps)
         seen = auditor.find(image, i)
-        for det, status in _recorded(faceset, i):
+        for det, status, row in _recorded(faceset, i):
             before = len(seen)
             seen = merge(seen, [det], i, "Detect and Align")
             target = seen[-1] if len(seen) > before else max(seen, key=lambda s: box_iou(s.box, det.box))
             if status != "anonymized":
                 target.status = status
+            if row is not None:
+                target.row = row
+            target.recorded = True
+        if faceset is not None:
+            _attribute_missed(seen, _recorded(faceset, i))
         # faces in reading order, as Detect and Align numbers them
         orig_faces.append(sorted(seen, key=lambda s: (round(s.detection.centre[0], 3), round(s.detection.centre[1], 3))))
     for i, image in enumerate(finals):
@@ -307,7 +359,7 @@ def _judge(judge, originals, finals, orig_faces, final_faces, report):
         for k, face in enumerate(faces):
             row = by_index.get(index)
             if row is None:
-                row = FaceAudit(index, i, face.box, face.size, face.found_by, face.status)
+                row = FaceAudit(index, i, face.box, face.size, face.found_by, face.status, row=face.row)
                 report.faces.append(row)
                 by_index[index] = row
             index += 1
@@ -330,7 +382,7 @@ def _judge(judge, originals, finals, orig_faces, final_faces, report):
                 j.measured_on = "the original landmarks"
             j.at_place = float(judge.scores(originals_desc[k:k + 1], here)[0, 0])
             if judge.same_person(j.at_place):
-                j.matches.append(f"{_describe(face)} (its own place, {j.at_place:+.3f})")
+                j.matches.append(f"{_where(face)} (its own place, {j.at_place:+.3f})")
             # every face of every final image
             for fi, per_image in final_desc.items():
                 values = judge.scores(originals_desc[k:k + 1], per_image)[0]
@@ -338,7 +390,7 @@ def _judge(judge, originals, finals, orig_faces, final_faces, report):
                     if fi == i and f_idx == place:
                         continue
                     if judge.same_person(float(value)):
-                        j.matches.append(f"{_describe(final_faces[fi][f_idx])} ({float(value):+.3f})")
+                        j.matches.append(f"{_where(final_faces[fi][f_idx])} ({float(value):+.3f})")
 
 
 def mark_failed(finals, report: AuditReport) -> list[np.ndarray]:
