@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 
 from . import guarantee
+from .photos import UPLOAD_AS_IS, photo_has_alpha, read_photo
 from . import models as model_registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -365,77 +366,17 @@ def example_photo(name, standin, workdir):
                   "as it is)"]
 
 
-# How ComfyUI's LoadImage would misread a mode: 16-bit greyscale is clipped to white there, so
-# these photos are uploaded as the 8-bit RGB PNG read here; RGB, RGBA and L go up as they are.
-_UPLOAD_AS_IS = ("RGB", "RGBA", "L")
-_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-
-def photo_has_alpha(path):
-    """Whether the photo carries transparency: an alpha band (RGBA, LA, PA, RGBa) or palette/colour-key
-    transparency (P, L, RGB with a tRNS chunk). Reads only the header."""
-    from PIL import Image
-    with Image.open(path) as im:
-        return bool(im.has_transparency_data)
-
-
-def read_photo(path):
-    """The photo as the workflow sees it: (8-bit "RGB" image, its alpha as an 8-bit "L" image or None,
-    the mode it had, its frame count). Read as ComfyUI's LoadImage reads a picture (EXIF orientation
-    applied; the first frame), but 16-bit greyscale ("I;16", or "I" from older Pillow) is scaled to 8
-    bits (/257; LoadImage would clip it to white), float ("F") in 0..1 is scaled by 255, CMYK goes
-    through its embedded ICC profile to sRGB when it has one (else Pillow's plain conversion),
-    palette and grey photos are expanded to RGB. Alpha, where the photo has any, comes out as the
-    RGBA conversion's alpha: an alpha band as it is, palette transparency as 0/255 per entry."""
-    import numpy as np
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as src:
-        frames = getattr(src, "n_frames", 1)
-        src.seek(0)
-        im = ImageOps.exif_transpose(src)
-    mode = im.mode
-    alpha = None
-    if im.has_transparency_data:
-        try:
-            alpha = im.convert("RGBA").getchannel("A")
-        except ValueError:
-            alpha = None  # a mode Pillow cannot expand (e.g. "La"): treated as opaque
-    try:
-        if mode in _SIXTEEN_BIT:
-            values = np.asarray(im).astype(np.float64)
-            rgb = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), "L").convert("RGB")
-        elif mode == "F":
-            values = np.asarray(im).astype(np.float64)
-            if values.size and np.nanmax(values) <= 1.0:
-                values = values * 255.0
-            rgb = Image.fromarray(np.clip(np.rint(np.nan_to_num(values)), 0, 255).astype(np.uint8), "L").convert("RGB")
-        elif mode == "CMYK" and im.info.get("icc_profile"):
-            import io
-            from PIL import ImageCms
-            try:
-                rgb = ImageCms.profileToProfile(im, ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"])),
-                                                ImageCms.createProfile("sRGB"), outputMode="RGB")
-            except (ImageCms.PyCMSError, OSError, ValueError):
-                rgb = im.convert("RGB")
-        elif mode == "RGB":
-            rgb = im
-        else:
-            rgb = im.convert("RGB")
-    except ValueError as e:
-        raise CliError(f"{path}: a picture in mode {mode} cannot be read as RGB ({e}); save it as an RGB "
-                       "or RGBA PNG", EXIT_USAGE)
-    return rgb, alpha, mode, frames
-
-
 def _photo_for_upload(photo, workdir):
     """(the file to upload, the photo's alpha or None). A photo in a mode ComfyUI would misread goes
     up as the 8-bit RGB PNG `read_photo` makes; an animated one (every frame goes to the server)
     goes up as it is, without alpha handling."""
-    rgb, alpha, mode, frames = read_photo(photo)
+    try:
+        rgb, alpha, mode, frames = read_photo(photo)
+    except ValueError as e:
+        raise CliError(str(e), EXIT_USAGE)
     if frames > 1:
         return Path(photo), None
-    if mode in _UPLOAD_AS_IS:
+    if mode in UPLOAD_AS_IS:
         return Path(photo), alpha
     path = Path(workdir) / f"photo-{Path(photo).stem}.png"
     rgb.save(path, format="PNG")
@@ -863,6 +804,83 @@ def _server_gone(error, host, output):
     return "\n".join(lines)
 
 
+# --- audit of a set --------------------------------------------------------------------------------
+
+def _buffalo_folder(models):
+    base = Path(models)
+    for candidate in (base, base / "buffalo_l", base / "models" / "buffalo_l", base / "insightface" / "models" / "buffalo_l"):
+        if candidate.is_dir() and list(candidate.glob("*.onnx")):
+            return candidate
+    raise CliError(f"--models {models}: no buffalo_l folder (with its .onnx files) there, nor under "
+                   "insightface/models/buffalo_l", EXIT_USAGE)
+
+
+def run_audit(p, a):
+    from .faces import recognizers, set_audit
+    from .photos import read_rgb_float
+
+    for name, value, bounds in (("--arcface-threshold", a.arcface_threshold, recognizers.ARCFACE_BOUNDS),
+                                ("--dlib-threshold", a.dlib_threshold, recognizers.DLIB_BOUNDS)):
+        if not bounds[0] <= value <= bounds[1]:
+            p.error(f"{name} {value:g}: must be within {bounds[0]:g} to {bounds[1]:g}")
+    for opt, suffixes in ((a.report, (".csv", ".json")), (a.chart, (".png",))):
+        if opt and Path(opt).suffix.lower() not in suffixes:
+            p.error(f"{opt}: must end in {' or '.join(suffixes)}")
+    if a.no_dlib and not a.models:
+        p.error("--no-dlib leaves no recognizer: give --models with a buffalo_l folder for ArcFace")
+    try:
+        pairs, unmatched = set_audit.photo_pairs(Path(a.originals), Path(a.anonymized))
+    except ValueError as e:
+        raise CliError(str(e), EXIT_USAGE)
+    if not pairs:
+        raise CliError(f"no photo of {a.anonymized} has a namesake in {a.originals}: the two folders are matched "
+                       "by file name (the suffix may differ)", EXIT_USAGE)
+    analyser = None
+    if a.models:
+        from .faces.analysis import load_analyser
+        analyser = load_analyser(str(_buffalo_folder(a.models)), provider="CPU", det_size=640)
+    try:
+        auditor = set_audit.make_offline_auditor(analyser, a.arcface_threshold, a.dlib_threshold, not a.no_dlib)
+    except (RuntimeError, ValueError) as e:
+        raise CliError(str(e), EXIT_MISSING)
+    bar = None
+    if not a.quiet:
+        from tqdm import tqdm
+        bar = tqdm(total=len(pairs), desc="reading photo pairs", unit="pair", file=sys.stderr)
+
+    def on_photo(done, total):
+        if bar is not None:
+            bar.n = done
+            bar.refresh()
+
+    def read(path):
+        try:
+            return read_rgb_float(path)
+        except (OSError, ValueError) as e:
+            raise CliError(f"{path}: cannot be read as a photo ({e})", EXIT_FAILED)
+
+    t0 = time.time()
+    try:
+        result = set_audit.audit_set(auditor, pairs, read, on_photo)
+    except ValueError as e:
+        raise CliError(str(e), EXIT_USAGE)
+    finally:
+        if bar is not None:
+            bar.close()
+    result.unmatched = unmatched
+    print(result.text())
+    faces = max(len(result.report.faces), 1)
+    print(f"({len(pairs)} pairs, {len(result.report.faces)} faces in {time.time() - t0:.1f} s, "
+          f"{(time.time() - t0) / faces:.2f} s per face)")
+    if a.report:
+        set_audit.write_rows(result, Path(a.report))
+        print(f"wrote {a.report}")
+    if a.chart:
+        set_audit.draw_chart(result, Path(a.chart))
+        print(f"wrote {a.chart}")
+    return EXIT_OK if result.report.passed else EXIT_FAILED
+
+
 # --- models --------------------------------------------------------------------------------------
 
 def run_models(p, a):
@@ -996,7 +1014,25 @@ def build_parser():
     mo.add_argument("--source-base", help="fetch <URL>/<file name> instead of the public sources (a mirror); "
                     "also $REVPERS_MODEL_SOURCE")
     mo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.commands = {"anonymize": an, "models": mo}
+    au = sub.add_parser("audit", help="audit a folder of anonymized photos against their originals, offline",
+                        description="The audit of the saved images over a whole set: the photos of ANONYMIZED "
+                        "matched to those of ORIGINALS by file name; every original face against what is at its "
+                        "place and against every face of the set, by dlib (and ArcFace with --models). Prints the "
+                        "re-identification figures; writes one row per face and recognizer (--report .csv/.json) "
+                        "and a chart (--chart .png). Exit code 0 when no face is recognizable, 1 otherwise.")
+    au.add_argument("originals", help="folder of the original photos")
+    au.add_argument("anonymized", help="folder of the anonymized photos (same file names)")
+    au.add_argument("--report", help="write the per-face rows here (.csv or .json)")
+    au.add_argument("--chart", help="write a PNG chart of the measures here")
+    au.add_argument("--models", help="a models folder holding insightface/models/buffalo_l (or the buffalo_l folder "
+                    "itself): adds ArcFace and its detector; without it dlib alone judges")
+    au.add_argument("--no-dlib", action="store_true", help="leave dlib out (then --models is needed)")
+    au.add_argument("--arcface-threshold", type=float, default=recognizers.ARCFACE_DEFAULT,
+                    help=f"same person at or above this cosine similarity (default {recognizers.ARCFACE_DEFAULT:g})")
+    au.add_argument("--dlib-threshold", type=float, default=recognizers.DLIB_DEFAULT,
+                    help=f"same person at or below this distance (default {recognizers.DLIB_DEFAULT:g})")
+    au.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.commands = {"anonymize": an, "models": mo, "audit": au}
     return p
 
 
@@ -1020,6 +1056,8 @@ def main(argv=None):
     try:
         if a.command == "anonymize":
             return run_anonymize(p.commands["anonymize"], a)
+        if a.command == "audit":
+            return run_audit(p.commands["audit"], a)
         return run_models(p.commands["models"], a)
     except CliError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -135,3 +135,34 @@ def record_figures(name, figures):
     path.write_text(json.dumps(figures, indent=2, default=float))
     print(f"\n[figures] {name}: {json.dumps(figures, default=float)}")
     return path
+
+
+CROP = 256  # the crop size faces are swapped at
+
+
+def outsiders():
+    """Faces of people who are not in the group photo: (RGB float, Detection)."""
+    from revpers_core.faces import recognizers
+
+    hog = recognizers.DlibHOG(upsample=2)
+    out = []
+    for rgb in (to_float(astronaut()), to_float(cv2.resize(insightface_image("Tom_Hanks_54745.png"), (336, 336)))):
+        found = max(hog.detect(rgb), key=lambda d: d.area)
+        out.append((rgb, found))
+    return out
+
+
+def put_faces(photo, places, donors):
+    """`photo` with the face of donor i pasted over places[i] (aligned by the five landmarks, blended
+    with the pack's own face mask and paste-back): a face swap, as an attacker or a bad tool would."""
+    from revpers_core.faces.align import align_face, face_mask
+    from revpers_core.faces.paste import feathered_alpha, paste_faces
+
+    mask = feathered_alpha(face_mask(CROP), 0.05 * CROP)
+    pieces = []
+    for place, (donor_rgb, donor) in zip(places, donors):
+        crop, _ = align_face(donor_rgb, donor.landmarks, CROP)
+        _, to_crop = align_face(photo, place.landmarks, CROP)
+        pieces.append((crop, mask, to_crop))
+    out, _ = paste_faces(photo, pieces)
+    return out

@@ -8,16 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
-from faces_fixtures import astronaut, insightface_image, record_figures, save_rgb, to_float, write_standin_pack
+from faces_fixtures import (insightface_image, outsiders, put_faces, record_figures, save_rgb, to_float,
+                            write_standin_pack)
 from revpers_core.faces import audit, recognizers
-from revpers_core.faces.align import align_face, face_mask
 from revpers_core.faces.analysis import load_analyser
-from revpers_core.faces.paste import feathered_alpha, paste_faces
 from revpers_core.faces.records import Detection
 
 pytestmark = pytest.mark.skipif(not recognizers.dlib_available(), reason="dlib and its models are not installed")
 
-CROP = 256
 
 
 @pytest.fixture(scope="module")
@@ -37,29 +35,6 @@ def group():
     faces = sorted(recognizers.DlibHOG().detect(rgb), key=lambda d: d.centre[0])
     assert len(faces) == 6
     return rgb, faces
-
-
-def outsiders():
-    """Faces of people who are not in the group photo: (RGB float, Detection)."""
-    hog = recognizers.DlibHOG(upsample=2)
-    out = []
-    for rgb in (to_float(astronaut()), to_float(cv2.resize(insightface_image("Tom_Hanks_54745.png"), (336, 336)))):
-        found = max(hog.detect(rgb), key=lambda d: d.area)
-        out.append((rgb, found))
-    return out
-
-
-def put_faces(photo, places, donors):
-    """`photo` with the face of donor i pasted over places[i] (aligned by the five landmarks, blended
-    with the pack's own face mask and paste-back): a face swap, as an attacker or a bad tool would."""
-    mask = feathered_alpha(face_mask(CROP), 0.05 * CROP)
-    pieces = []
-    for place, (donor_rgb, donor) in zip(places, donors):
-        crop, _ = align_face(donor_rgb, donor.landmarks, CROP)
-        _, to_crop = align_face(photo, place.landmarks, CROP)
-        pieces.append((crop, mask, to_crop))
-    out, _ = paste_faces(photo, pieces)
-    return out
 
 
 def verdicts(report):

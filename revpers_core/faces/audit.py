@@ -90,6 +90,7 @@ class Judgement:
     measured_on: str = ""          # "the face found there" / "the original landmarks"
     matches: list[str] = field(default_factory=list)  # final faces it still matches, described
     reason: str = ""               # why it was not measured, when at_place is None
+    retrieved: int | None = None   # the original face (of the whole batch) most like what is at its place
 
     @property
     def recognized(self) -> bool:
@@ -214,6 +215,7 @@ class AuditReport:
                             "recognizer": j.recognizer, "measure": j.measure, "threshold": j.threshold,
                             "at_place": None if j.at_place is None else round(float(j.at_place), 4),
                             "measured_on": j.measured_on or j.reason, "recognized": j.recognized,
+                            "retrieved": j.retrieved,
                             "matches": " | ".join(j.matches), "verdict": f.verdict})
         return out
 
@@ -232,7 +234,8 @@ class Auditor:
     def find(self, image: np.ndarray, image_index: int) -> list[Seen]:
         from .analysis import to_bgr_uint8
 
-        faces = merge([], self.analyser.detect(to_bgr_uint8(image), self.detect_threshold), image_index, "SCRFD")
+        faces = [] if self.analyser is None else \
+            merge([], self.analyser.detect(to_bgr_uint8(image), self.detect_threshold), image_index, "SCRFD")
         if self.dlib_detector is not None:
             found = [d for d in self.dlib_detector.detect(image) if d.score >= DLIB_DETECTOR_SCORE]
             faces = merge(faces, found, image_index, "dlib HOG")
@@ -352,10 +355,15 @@ def _judge(judge, originals, finals, orig_faces, final_faces, report):
         if faces:
             final_desc[i] = judge.descriptors(finals[i], [f.detection for f in faces])
     index = 0
+    every_original, every_index, at_place = [], [], []  # for the retrieval among all original faces
     for i, faces in enumerate(orig_faces):
         if not faces:
             continue
         originals_desc = judge.descriptors(originals[i], [f.detection for f in faces])
+        for k, face in enumerate(faces):
+            if judge.name != "dlib" or "dlib HOG" in face.found_by:
+                every_original.append(originals_desc[k])
+                every_index.append(index + k)
         for k, face in enumerate(faces):
             row = by_index.get(index)
             if row is None:
@@ -381,6 +389,7 @@ def _judge(judge, originals, finals, orig_faces, final_faces, report):
                 here = judge.descriptors(finals[i], [face.detection])
                 j.measured_on = "the original landmarks"
             j.at_place = float(judge.scores(originals_desc[k:k + 1], here)[0, 0])
+            at_place.append((j, here))
             if judge.same_person(j.at_place):
                 j.matches.append(f"{_where(face)} (its own place, {j.at_place:+.3f})")
             # every face of every final image
@@ -391,6 +400,13 @@ def _judge(judge, originals, finals, orig_faces, final_faces, report):
                         continue
                     if judge.same_person(float(value)):
                         j.matches.append(f"{_where(final_faces[fi][f_idx])} ({float(value):+.3f})")
+
+    if every_original:
+        gallery = np.stack(every_original)
+        for j, here in at_place:
+            values = judge.scores(here, gallery)[0]
+            best = int(np.argmax(values) if judge.higher_is_same else np.argmin(values))
+            j.retrieved = every_index[best]
 
 
 def mark_failed(finals, report: AuditReport) -> list[np.ndarray]:

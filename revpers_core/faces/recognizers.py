@@ -58,6 +58,7 @@ class ArcFace:
 
     name = "ArcFace"
     measure = "cosine similarity"
+    higher_is_same = True
 
     def __init__(self, analyser, threshold: float = ARCFACE_DEFAULT):
         self.analyser = analyser
@@ -164,6 +165,7 @@ class Dlib:
 
     name = "dlib"
     measure = "Euclidean distance"
+    higher_is_same = False
 
     def __init__(self, threshold: float = DLIB_DEFAULT):
         self.threshold = check_threshold(threshold, DLIB_BOUNDS, "dlib")
