@@ -127,3 +127,58 @@ def test_detection_from_the_recorded_faces_is_merged_not_doubled(auditor, group)
     seen = audit.merge([], faces, 0, "dlib HOG")
     again = audit.merge(seen, [Detection(f.box + 3, f.landmarks + 3, 1.0) for f in faces], 0, "Detect and Align")
     assert len(again) == 6 and all(s.found_by == ["dlib HOG", "Detect and Align"] for s in again)
+
+
+def overlapping_pair(group):
+    """Two people of the group photo, cheek to cheek: the second pasted in front of the first, their
+    detected boxes overlapping (IoU ~0.12) and their crops far more, so their paste-back regions share
+    a seam; dlib's HOG finds both (scores > 1)."""
+    rgb, faces = group
+
+    def patch(face, half=90):
+        cx, cy = (int(v) for v in face.centre)
+        return rgb[cy - half:cy + half, cx - half:cx + half].copy()
+
+    back, front = patch(faces[0]), patch(faces[5])
+    canvas = np.full((260, 300, 3), 0.5, np.float32)
+    canvas[40:220, 20:200] = back
+    yy, xx = np.mgrid[:180, :180]
+    soft = np.clip(1.6 - np.hypot((xx - 90) / 70, (yy - 90) / 85), 0, 1)[:, :, None]
+    canvas[40:220, 100:280] = soft * front + (1 - soft) * canvas[40:220, 100:280]
+    found = sorted(recognizers.DlibHOG().detect(canvas), key=lambda d: d.centre[0])
+    assert len(found) == 2 and audit.box_iou(found[0].box, found[1].box) > 0.05
+    return canvas, found
+
+
+def test_two_overlapping_faces_are_both_anonymized_seam_included(auditor, group):
+    """The hole: two overlapping faces left original face pixels at the seam. Now paste-back blends
+    every crop over the union of the masks: no pixel inside either face's box keeps its original value,
+    and dlib, measuring both faces, recognizes neither; each crop keeps what lies outside its own
+    face (as the model does), so the back face's crop carries original pixels of the front face into
+    the seam, and still nothing is recognizable. Left with its original crop, the front face fails."""
+    from revpers_core.faces import pipeline
+
+    canvas, found = overlapping_pair(group)
+    faceset, crops, masks = pipeline.align_detections([canvas], [found], crop_size=128)
+    inner = masks[:, :, :, None]
+    anonymized = crops * (1 - inner) + np.ascontiguousarray(1.0 - crops[:, ::-1]) * inner
+    outs, coverage, _ = pipeline.paste_back([canvas], anonymized, faceset)
+    inside = np.zeros(canvas.shape[:2], bool)
+    for face in found:
+        x1, y1, x2, y2 = np.round(face.box).astype(int)
+        inside[y1:y2, x1:x2] = True
+    untouched = (np.abs(outs[0] - canvas).max(axis=2) == 0) & inside
+    assert untouched.sum() == 0 and coverage[0][inside].min() > 0.5
+    report = audit.audit(auditor, [canvas], outs, faceset=faceset)
+    dlib_figures = [j.at_place for f in report.faces for j in f.judgements if j.recognizer == "dlib"]
+    assert report.passed and len(report.faces) == 2 and all(v is not None and v > 0.6 for v in dlib_figures), \
+        report.text()
+    keep("overlapping", canvas, outs[0], report)
+
+    leak = anonymized.copy()
+    leak[1] = crops[1]  # the front face comes back as it was: caught, named
+    outs2, _, _ = pipeline.paste_back([canvas], leak, faceset)
+    report2 = audit.audit(auditor, [canvas], outs2, faceset=faceset)
+    assert [f.row for f in report2.failed] == [1], report2.text()
+    keep("overlapping_front_left", canvas, outs2[0], report2)
+    record_figures("audit_overlapping", {"dlib_at_place": dlib_figures, "untouched_pixels_in_boxes": int(untouched.sum())})
