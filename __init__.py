@@ -25,7 +25,7 @@ else:
 
     register_model_folders()
 
-WEB_DIRECTORY = None
+WEB_DIRECTORY = "./web"  # web/revpers.js: what the nodes report after a run, shown on the nodes
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
 
 

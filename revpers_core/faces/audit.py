@@ -129,6 +129,7 @@ class AuditReport:
     recognizers: list[str]
     notes: list[str] = field(default_factory=list)
     image_count: int = 0
+    rows_known: bool = False  # the face records were given: each anonymized face's sampler row is known
 
     @property
     def failed(self) -> list[FaceAudit]:
@@ -154,7 +155,7 @@ class AuditReport:
     def unfixable(self) -> list[FaceAudit]:
         """Failing faces that are no sampler row (no detector of Detect and Align took them for a face,
         or they were covered): sampling again cannot change them."""
-        return [f for f in self.failed if f.row is None]
+        return [f for f in self.failed if f.row is None] if self.rows_known else []
 
     def summary(self) -> dict:
         """The verdicts as plain data (the node's UI output, read by the CLI's guaranteed mode)."""
@@ -194,6 +195,9 @@ class AuditReport:
                 lines.append(f"To sample only those faces again with stronger guidance (the others stay "
                              f"bit-identical), set the Anonymized Sampler's face_guidance to a stronger guidance than its own, e.g. \"{hint}\" "
                              f"(guaranteed mode of the revpers CLI does this by itself)")
+            if not self.rows_known:
+                lines.append("Connect Detect and Align's faces to the audit to learn which sampler rows to sample "
+                             "again (face_guidance)")
             for f in self.unfixable:
                 lines.append(f"  face {f.index} is no face Detect and Align anonymized ({f.status}, found by "
                              f"{', '.join(f.found_by)}): stronger guidance cannot change it")
@@ -338,7 +342,7 @@ def audit(auditor: Auditor, originals, finals, faceset: FaceSet | None = None, o
         final_faces.append(auditor.find(image, i))
 
     report = AuditReport(faces=[], recognizers=[r.describe() for r in auditor.recognizers],
-                         notes=list(auditor.notes), image_count=len(originals))
+                         notes=list(auditor.notes), image_count=len(originals), rows_known=faceset is not None)
     for judge in auditor.recognizers:
         _judge(judge, originals, finals, orig_faces, final_faces, report)
     report.faces.sort(key=lambda f: f.index)
