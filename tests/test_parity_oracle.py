@@ -149,7 +149,10 @@ def test_identity_branch_placement(pack, tiny_model):
 
 def test_identity_attention_equals_diffusers(pack, tiny_model):
     """On this machine, ComfyUI's UNet with the pack's identity attention (null identity on one row, the identity
-    on the other) equals diffusers' UNet with its IP-Adapter-FaceID attention processors, bit for bit."""
+    on the other) equals diffusers' UNet with its IP-Adapter-FaceID attention processors: the null-identity row
+    bit for bit, the identity row to float32 rounding (diffusers 0.42.1 with torch 2.14.1: 7.3e-7 max-abs on
+    outputs up to ~1; earlier CI runs, with an older diffusers, were bit-identical). A wrong scale, token routing or
+    projection moves it by 1e-2 and more."""
     diffusers = pytest.importorskip("diffusers")
     from safetensors.torch import load_file
 
@@ -195,7 +198,10 @@ def test_identity_attention_equals_diffusers(pack, tiny_model):
             -10.0, 2, 0.7, 0)
         pos, neg = om.conditioning("default", "generation", "golden_nolora")
         pack.nodes.sampler.RevPersAnonymizedSampler().sample(id_model, pos, neg, record, -10.0, False, 1024)
-    assert torch.equal(captured[1], want[0]) and torch.equal(captured[0], want[1])
+    identity_row = (captured[0] - want[1]).abs().max().item()
+    print(f"\n[identity attention vs diffusers {diffusers.__version__}] null row bit-identical: "
+          f"{torch.equal(captured[1], want[0])}; identity row max-abs {identity_row:.3g}")
+    assert torch.equal(captured[1], want[0]) and identity_row <= 4e-6
 
 
 def test_identity_node_never_mutates_its_input(pack, tiny_model):
