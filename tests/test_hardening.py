@@ -15,18 +15,7 @@ from PIL import Image
 
 from paths import HOST, REPO
 from revpers_core import cli
-
-INVERT = {
-    "1": {"class_type": "LoadImage", "inputs": {"image": "placeholder.png"}},
-    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "wf"}},
-}
-
-
-def run(argv, capsys):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+from test_cli import INVERT, run
 
 
 def alive(pid):
