@@ -91,10 +91,6 @@ class Plan:
                 raise ValueError(f"retry guidances must grow stronger (more negative) than {a:g}, got {b:g}; "
                                  f"the sampler's own is {self.base:g}")
 
-    @property
-    def current(self) -> dict[int, float]:
-        return dict(self.attempts[-1].overrides) if self.attempts else {}
-
     def start(self) -> dict[int, float]:
         self.attempts.append(Attempt(1, {}))
         return {}
@@ -143,7 +139,7 @@ class Plan:
         return out
 
     def lines(self) -> list[str]:
-        """The attempts per face, for the CLI's report ("" rows that never failed are left out)."""
+        """The attempts per face, for the CLI's report (rows that never failed are left out)."""
         rows = sorted({r for a in self.attempts for r in a.failed_rows})
         out = []
         for row in rows:
