@@ -28,6 +28,7 @@ from pathlib import Path
 from . import guarantee
 from .photos import UPLOAD_AS_IS, photo_has_alpha, read_photo
 from . import models as model_registry
+from .host import default_comfyui_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -260,10 +261,6 @@ class NodeProgress:
 
 
 # --- model files ---------------------------------------------------------------------------------
-
-def default_comfyui_dir(value=None):
-    return Path(value or os.environ.get("COMFYUI_DIR") or REPO / ".host" / "ComfyUI")
-
 
 def _extra_model_bases(comfyui_dir):
     """Folder lists from the host's own extra_model_paths.yaml: {comfy folder: [dirs]}."""
@@ -513,9 +510,16 @@ def _save_output(data, out, alpha=None):
             part.unlink()
 
 
+def _host_dir(p, a):
+    try:
+        return default_comfyui_dir(a.comfyui)
+    except ValueError as e:
+        p.error(str(e))
+
+
 def run_anonymize(p, a):
     _validate(p, a)
-    comfyui_dir = default_comfyui_dir(a.comfyui)
+    comfyui_dir = _host_dir(p, a)
     workflow_path = find_workflow(a.workflow)
     graph = load_workflow(workflow_path)
 
@@ -887,7 +891,7 @@ def run_audit(p, a):
 # --- models --------------------------------------------------------------------------------------
 
 def run_models(p, a):
-    comfyui_dir = default_comfyui_dir(a.comfyui)
+    comfyui_dir = _host_dir(p, a)
     models_dir = Path(a.models or os.environ.get("REVPERS_MODELS") or comfyui_dir / "models")
     entries = model_registry.registry(a.checkpoint)
     if a.only:
@@ -953,7 +957,7 @@ def build_parser():
                     "stand-in detector can see are drawn over three of its faces)")
     an.add_argument("-o", "--output", required=True, help="where to write the anonymized photo (.png/.jpg/.webp)")
     an.add_argument("--server", help="URL of a running ComfyUI with the pack (default: start the local one)")
-    an.add_argument("--comfyui", help="ComfyUI folder to start (default: $COMFYUI_DIR or .host/ComfyUI)")
+    an.add_argument("--comfyui", help="ComfyUI folder to start (default: $COMFYUI_DIR, or .host/comfyui-$REVPERS_HOST, default 0.3.75)")
     an.add_argument("--models", help="an extra models folder (checkpoints/, ipadapter/, insightface/...) for "
                     "the local server; with --standin-weights, where the stand-ins go")
     an.add_argument("--workflow", help="API-format workflow to run (default: the shipped one)")
@@ -1010,7 +1014,7 @@ def build_parser():
                         description="Download the model files the job needs from their public sources, "
                         "with progress and sha256 verification; --check only verifies.")
     mo.add_argument("--models", help="models base folder (default: $REVPERS_MODELS, or the ComfyUI's models/)")
-    mo.add_argument("--comfyui", help="ComfyUI folder whose models/ to use (default: $COMFYUI_DIR or .host/ComfyUI)")
+    mo.add_argument("--comfyui", help="ComfyUI folder whose models/ to use (default: $COMFYUI_DIR, or .host/comfyui-$REVPERS_HOST, default 0.3.75)")
     mo.add_argument("--check", action="store_true", help="only check: list what is missing, verify sha256")
     mo.add_argument("--only", nargs="+", metavar="NAME", help="only these files (or buffalo_l.zip)")
     mo.add_argument("--checkpoint", help="your own SDXL checkpoint instead of the SDXL base (checked, not downloaded)")

@@ -41,11 +41,28 @@ from pathlib import Path
 
 import requests
 
-__all__ = ["ComfyHost", "HostError", "free_port", "MODEL_FOLDERS"]
+__all__ = ["ComfyHost", "HostError", "free_port", "MODEL_FOLDERS", "HOST_FLAVOURS", "default_comfyui_dir"]
+
+# The ComfyUI copies scripts/install_host.sh installs side by side under .host/comfyui-<flavour>,
+# chosen by REVPERS_HOST; the first is the default (what users run).
+HOST_FLAVOURS = ("0.3.75", "2024")
+_CHECKOUT = Path(__file__).resolve().parent.parent
 
 # Model folders mapped from `models_dir` (ComfyUI's folder names, plus the two the pack registers).
 MODEL_FOLDERS = ("checkpoints", "vae", "loras", "clip", "clip_vision", "unet", "controlnet",
                  "embeddings", "upscale_models", "ipadapter", "insightface")
+
+
+def default_comfyui_dir(value=None):
+    """The ComfyUI folder to use: `value`, else $COMFYUI_DIR, else the checkout's
+    .host/comfyui-<$REVPERS_HOST, default 0.3.75> that scripts/install_host.sh installs."""
+    if value or os.environ.get("COMFYUI_DIR"):
+        return Path(value or os.environ["COMFYUI_DIR"])
+    flavour = os.environ.get("REVPERS_HOST") or HOST_FLAVOURS[0]
+    if flavour not in HOST_FLAVOURS:
+        raise ValueError(f"REVPERS_HOST={flavour!r} names no host of scripts/install_host.sh; use one "
+                         f"of {', '.join(HOST_FLAVOURS)}, or COMFYUI_DIR=/path/to/ComfyUI")
+    return _CHECKOUT / ".host" / f"comfyui-{flavour}"
 
 
 class HostError(RuntimeError):
@@ -171,7 +188,7 @@ class ComfyHost:
             raise FileNotFoundError(
                 f"no ComfyUI at {self.comfyui_dir} (main.py is missing). Give the folder of a ComfyUI "
                 "checkout (--comfyui DIR or the COMFYUI_DIR environment variable), or run "
-                "scripts/install_host.sh to install one in .host/ComfyUI.")
+                "scripts/install_host.sh to install one under .host/.")
         self.python = python or sys.executable
         self.port = port
         self.listen = listen

