@@ -2,12 +2,29 @@
 from .common import category
 
 
+def core_vae_encode_takes_mode():
+    """True where this ComfyUI's own VAE Encode already encodes to the mode: its KL regularizer no
+    longer samples by default (releases from mid-2025 on). A feature check, not a version check."""
+    try:
+        from comfy.ldm.models.autoencoder import DiagonalGaussianRegularizer
+        return not DiagonalGaussianRegularizer().sample
+    except (ImportError, AttributeError, TypeError):
+        return False
+
+
+_ON_THIS_HOST = (
+    " On this ComfyUI the core VAE Encode already takes the mode and gives identical latents, so "
+    "either node will do; this one keeps a workflow repeatable when it is shared with older ComfyUI."
+    if core_vae_encode_takes_mode() else
+    " This ComfyUI's own VAE Encode draws a sample: use this node.")
+
+
 class RevPersVAEEncode:
     DESCRIPTION = (
         "Encodes face crops to latents with the mode (mean) of the VAE's latent distribution, as the "
         "reference does. ComfyUI releases before mid-2025 draw a random sample in VAE Encode instead, so "
         "the same photo gives a different inversion, and a different anonymized face, on every run; this "
-        "node gives the same latents every time on every ComfyUI version.")
+        "node gives the same latents every time on every ComfyUI version." + _ON_THIS_HOST)
 
     @classmethod
     def INPUT_TYPES(cls):
