@@ -79,6 +79,34 @@ def graph_to_prompt(page):
     return page.evaluate("async () => (await app.graphToPrompt()).output")
 
 
+# What current front ends queue differently from the API files, which the 2024 front end matches
+# exactly: since frontend 1.2x, graphToPrompt() no longer emits LoadImage's `upload` widget (the
+# button that picks a file; the server ignores it). Nothing else is accepted.
+FRONTEND_DIFFERENCES = {("LoadImage", "upload")}
+
+
+def expected_prompt(api, queued):
+    """The API workflow as this front end queues it: each documented difference dropped from the API
+    file only where this front end leaves that input out."""
+    out = json.loads(json.dumps(api))
+    for node_id, node in out.items():
+        for class_type, name in FRONTEND_DIFFERENCES:
+            there = queued.get(node_id, queued.get(int(node_id) if node_id.isdigit() else node_id, {}))
+            if node["class_type"] == class_type and name not in there.get("inputs", {}):
+                node["inputs"].pop(name, None)
+    return out
+
+
+def page_errors(page):
+    return [line for line in page.console_lines if line.startswith("pageerror")]
+
+
+def frontend_version(page):
+    """The front end's version; "bundled" for the front ends served from the host's own web/ folder
+    (the 2024 floor), which do not announce one."""
+    return page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ ?? 'bundled'")
+
+
 def normalized_prompt(prompt):
     """An API prompt with ids as strings and links as [id, slot], for comparing."""
     out = {}
@@ -104,8 +132,9 @@ _FIT_VIEW = """() => {
     const x1 = Math.max(...nodes.map(n => n.pos[0] + n.size[0])), y1 = Math.max(...nodes.map(n => n.pos[1] + n.size[1]));
     const canvas = app.canvas.canvas;
     // LiteGraph draws no text below a zoom of 0.6; stay at or above it (the view may then crop).
-    const scale = Math.max(0.62, Math.min(canvas.width / (x1 - x0 + 80), canvas.height / (y1 - y0 + 80)));
+    // 100 px at the top: current front ends draw their tab and menu bars over the canvas.
+    const scale = Math.max(0.62, Math.min(canvas.width / (x1 - x0 + 80), canvas.height / (y1 - y0 + 140)));
     app.canvas.ds.scale = scale;
-    app.canvas.ds.offset = [40 / scale - x0, 40 / scale - y0];
+    app.canvas.ds.offset = [40 / scale - x0, 100 / scale - y0];
     app.graph.setDirtyCanvas(true, true);
 }"""
