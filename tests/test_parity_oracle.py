@@ -6,8 +6,10 @@ Figures reached (float32, CPU) are printed with -s. Why the final latents are no
 UNet of this machine's torch differs from the oracle's (torch 2.13 CPU build) by ~1e-6 per call even
 in diffusers itself (see test_first_calls_match_reference_unet_outputs); negative guidance (g = −10)
 on random weights amplifies that through the chain to ~3e-4 here and 5.6e-4 on the CI machine's CPU
-(relative ~2e-4 of max |latent| ≈ 2.8); a wrong step formula or a missing branch moves the final
-latents by 1e-1 or more, so the tolerance below still separates rounding from a defect.
+(relative ~2e-4 of max |latent| ≈ 2.8). A defect moves them by whole units: in the oracle itself,
+the identity embedding left out (reconstruction vs default) moves the final latents by 2.8 (max abs),
+the attribute branch left out (attribute vs default) by 2.6, the FaceID LoRA left out (golden vs
+golden_nolora) by 2.2-2.7; the tolerance below separates rounding from a defect by three orders.
 Where the platform is the same, the pack's identity attention equals diffusers' IP-Adapter attention
 bit for bit (test_identity_attention_equals_diffusers).
 """
