@@ -17,13 +17,20 @@ from pathlib import Path
 import pytest
 
 from paths import ARTIFACTS, HOST, REPO, artifact_dir
-from webui import broken_links, chromium_available, expected_prompt, frontend_version, graph_to_prompt
-from webui import fit_view, load_ui_workflow, missing_node_types, normalized_prompt, page_errors, web_ui
+from webui import broken_links, chromium_available, expected_prompt, fit_view, frontend_version
+from webui import graph_to_prompt, has_subgraphs, load_ui_workflow, missing_node_types, normalized_prompt
+from webui import page_errors, web_ui, without_subgraph_paths
 
-# The flat UI workflows, each with its API twin; those built around a subgraph block (which only
-# front ends with subgraphs load) have their own test, test_workflow_subgraph_browser.py.
+# The flat UI workflows, each with its API twin; and those built around a subgraph block, which only
+# front ends with subgraphs load (scripts/build_block_workflow.py): <name>_block.json queues exactly
+# what api/<name>.json holds.
 UI_WORKFLOWS = sorted(p for p in (REPO / "workflows").glob("*.json")
                       if not json.loads(p.read_text()).get("definitions", {}).get("subgraphs"))
+BLOCK_WORKFLOWS = sorted(set((REPO / "workflows").glob("*.json")) - set(UI_WORKFLOWS))
+
+
+def flat_api_twin(block):
+    return REPO / "workflows" / "api" / (block.stem.removesuffix("_block") + ".json")
 
 needs_chromium = pytest.mark.skipif(not chromium_available(),
                                     reason="Debian's chromium is not installed (apt-get install chromium)")
@@ -32,6 +39,9 @@ def test_every_ui_workflow_has_an_api_twin():
     assert len(UI_WORKFLOWS) >= 3
     for ui in UI_WORKFLOWS:
         assert (REPO / "workflows" / "api" / ui.name).is_file(), f"{ui.name} has no API-format twin"
+    assert BLOCK_WORKFLOWS, "the photo workflow as one block (anonymize_photo_block.json) is missing"
+    for block in BLOCK_WORKFLOWS:
+        assert flat_api_twin(block).is_file(), f"{block.name} has no flat API workflow {flat_api_twin(block).name}"
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +103,69 @@ def test_ui_workflow_loads_and_queues_the_api_workflow(page, frontends_own_error
     shot = artifact_dir("browser") / f"{workflow.stem}-frontend-{frontend_version(page)}.png"
     page.screenshot(path=str(shot))
     print(f"\n{workflow.name}: {len(ui['nodes'])} nodes, {len(api)} queued, screenshot {shot}")
+
+
+@needs_chromium
+@pytest.mark.parametrize("workflow", BLOCK_WORKFLOWS, ids=lambda p: p.stem)
+def test_block_workflow_loads_opens_and_queues_the_flat_api_workflow(page, frontends_own_errors, workflow):
+    """The photo workflow as one node, "Anonymize Faces" (photo, checkpoint, guidance, attribute text
+    in; photo and report out): it loads with its links intact inside and out, opens to show its
+    stages, and queues the flat API workflow node for node (ids taken off their subgraph path), so
+    ComfyUI's cache sees the same prompt; its one guidance reaches both the inversion and the sampler."""
+    if not has_subgraphs(page):
+        pytest.skip(f"front end {frontend_version(page)} has no subgraphs (the flat workflows are tested on it)")
+    ui = json.loads(workflow.read_text())
+    api = json.loads(flat_api_twin(workflow).read_text())
+    (definition,) = ui["definitions"]["subgraphs"]
+    outside = [n for n in ui["nodes"] if n["type"] != definition["id"]]
+    assert missing_node_types(page, {"nodes": outside + definition["nodes"]}) == []
+
+    load_ui_workflow(page, ui)
+    assert broken_links(page) == []
+    assert broken_links(page, definition["name"]) == []
+    assert errors_of_the_pack(page, frontends_own_errors) == []
+    block = page.evaluate("""(id) => {
+        const n = app.graph._nodes.find(n => n.type === id);
+        return {id: n.id, title: n.title, inputs: n.inputs.map(i => i.label ?? i.name),
+                outputs: n.outputs.map(o => o.label ?? o.name),
+                widgets: Object.fromEntries((n.widgets ?? []).map(w => [w.name, w.value]))};
+    }""", definition["id"])
+    assert block["title"] == "Anonymize Faces"
+    assert block["inputs"] == ["photo", "model", "clip", "vae", "guidance", "attribute text"]
+    assert block["outputs"] == ["photo", "report"]
+    assert block["widgets"]["guidance"] == api["25"]["inputs"]["guidance"] == api["26"]["inputs"]["guidance"]
+
+    queued = graph_to_prompt(page)
+    inside = {str(n["id"]) for n in definition["nodes"]}
+    assert {k for k in map(str, queued) if ":" in k} == {f"{block['id']}:{i}" for i in inside}
+    flat = without_subgraph_paths(queued)
+    assert normalized_prompt(flat) == normalized_prompt(expected_prompt(api, flat))
+
+    # one knob for both runs: the sampler walks back the inversion's schedule only at its guidance
+    set_guidance = """([id, value]) => {
+        const n = app.graph._nodes.find(n => n.type === id);
+        n.widgets.find(w => w.name === 'guidance').value = value;
+    }"""
+    page.evaluate(set_guidance, [definition["id"], -6.5])
+    changed = without_subgraph_paths(graph_to_prompt(page))
+    assert changed["25"]["inputs"]["guidance"] == changed["26"]["inputs"]["guidance"] == -6.5
+    page.evaluate(set_guidance, [definition["id"], block["widgets"]["guidance"]])
+
+    version = frontend_version(page)
+    fit_view(page)
+    page.screenshot(path=str(artifact_dir("browser") / f"{workflow.stem}-frontend-{version}.png"))
+    opened = page.evaluate("""(id) => {
+        const n = app.graph._nodes.find(n => n.type === id);
+        app.canvas.openSubgraph(n.subgraph, n);
+        return app.canvas.graph._nodes.map(m => m.id).sort((a, b) => a - b);
+    }""", definition["id"])
+    assert list(map(str, opened)) == sorted(inside, key=int)
+    fit_view(page)
+    shot = artifact_dir("browser") / f"{workflow.stem}-opened-frontend-{version}.png"
+    page.screenshot(path=str(shot))
+    page.evaluate("() => app.canvas.setGraph(app.graph)")
+    print(f"\n{workflow.name}: {len(outside)} nodes and one block of {len(inside)}, "
+          f"{len(queued)} queued, screenshots {shot.parent}")
 
 
 def test_only_documented_differences_are_accepted():

@@ -52,26 +52,68 @@ def load_ui_workflow(page, ui_workflow):
     page.wait_for_timeout(300)
 
 
-def broken_links(page):
-    """Links of the loaded graph whose ends are missing or disagree with the nodes' slots."""
-    return page.evaluate("""() => {
+def broken_links(page, subgraph=None):
+    """Links of the loaded graph (or of the subgraph definition named `subgraph`) whose ends are
+    missing or disagree with the slots they join. Inside a subgraph, a link may start at the
+    subgraph's input node or end at its output node; those ends are checked against the subgraph's
+    own inputs and outputs."""
+    return page.evaluate("""(name) => {
+        const graph = name == null ? app.graph
+            : [...app.graph.subgraphs.values()].find(g => g.name === name);
+        if (!graph) return [`no subgraph named ${name}`];
+        const INPUT_NODE = -10, OUTPUT_NODE = -20;
         const bad = [];
-        for (const link of Object.values(app.graph.links ?? {})) {
+        for (const link of Object.values(graph.links ?? {})) {
             if (!link) continue;
-            const from = app.graph.getNodeById(link.origin_id), to = app.graph.getNodeById(link.target_id);
-            if (!from || !to) { bad.push(`link ${link.id}: missing node`); continue; }
-            const out = from.outputs?.[link.origin_slot], inp = to.inputs?.[link.target_slot];
-            if (!out || !inp) { bad.push(`link ${link.id}: missing slot`); continue; }
-            if (inp.link !== link.id) bad.push(`link ${link.id}: input ${to.type}.${inp.name} points elsewhere`);
-            if (!(out.links ?? []).includes(link.id)) bad.push(`link ${link.id}: output ${from.type}.${out.name} does not list it`);
+            let out, inp;
+            if (link.origin_id === INPUT_NODE) {
+                const sin = graph.inputs?.[link.origin_slot];
+                if (!sin || !sin.linkIds.includes(link.id)) bad.push(`link ${link.id}: subgraph input ${link.origin_slot} does not list it`);
+            } else {
+                const from = graph.getNodeById(link.origin_id);
+                out = from?.outputs?.[link.origin_slot];
+                if (!out) { bad.push(`link ${link.id}: missing origin ${link.origin_id}.${link.origin_slot}`); continue; }
+                if (!(out.links ?? []).includes(link.id)) bad.push(`link ${link.id}: output ${from.type}.${out.name} does not list it`);
+            }
+            if (link.target_id === OUTPUT_NODE) {
+                const sout = graph.outputs?.[link.target_slot];
+                if (!sout || !sout.linkIds.includes(link.id)) bad.push(`link ${link.id}: subgraph output ${link.target_slot} does not list it`);
+            } else {
+                const to = graph.getNodeById(link.target_id);
+                inp = to?.inputs?.[link.target_slot];
+                if (!inp) { bad.push(`link ${link.id}: missing target ${link.target_id}.${link.target_slot}`); continue; }
+                if (inp.link !== link.id) bad.push(`link ${link.id}: input ${to.type}.${inp.name} points elsewhere`);
+            }
         }
-        for (const node of app.graph._nodes) {
+        for (const node of graph._nodes) {
             for (const inp of node.inputs ?? []) {
-                if (inp.link != null && !app.graph.links[inp.link]) bad.push(`${node.type}.${inp.name}: dangling link ${inp.link}`);
+                if (inp.link != null && !graph.links[inp.link]) bad.push(`${node.type}.${inp.name}: dangling link ${inp.link}`);
             }
         }
         return bad;
-    }""")
+    }""", subgraph)
+
+
+def has_subgraphs(page):
+    """Whether this front end has subgraphs (current ones do; the 2024 one does not)."""
+    return page.evaluate("() => typeof app.graph.convertToSubgraph === 'function' && !!app.graph.subgraphs")
+
+
+def without_subgraph_paths(prompt):
+    """A queued prompt with the subgraph paths taken off its node ids ("33:25" -> "25"), in keys and
+    in links: the prompt of a workflow built around a subgraph node, as the flat workflow names it.
+    Two nodes that would get the same id are an error, not a merge."""
+    def bare(node_id):
+        return str(node_id).rsplit(":", 1)[-1]
+
+    out = {}
+    for node_id, node in prompt.items():
+        if bare(node_id) in out:
+            raise AssertionError(f"two queued nodes would both be {bare(node_id)}: {node_id} and another")
+        inputs = {name: [bare(v[0]), v[1]] if isinstance(v, list) and len(v) == 2 and not isinstance(v[1], str)
+                  else v for name, v in node.get("inputs", {}).items()}
+        out[bare(node_id)] = {**node, "inputs": inputs}
+    return out
 
 
 def graph_to_prompt(page):
@@ -121,20 +163,21 @@ def normalized_prompt(prompt):
 
 
 def fit_view(page):
-    """Zoom and pan the canvas so the whole graph is in view (for screenshots)."""
+    """Zoom and pan the canvas so the whole graph on screen is in view (for screenshots)."""
     page.evaluate(_FIT_VIEW)
     page.wait_for_timeout(300)
 
 
 _FIT_VIEW = """() => {
-    const nodes = app.graph._nodes;
+    const nodes = (app.canvas.graph ?? app.graph)._nodes;  // the graph on screen: a subgraph once opened
     const x0 = Math.min(...nodes.map(n => n.pos[0])), y0 = Math.min(...nodes.map(n => n.pos[1] - 30));
     const x1 = Math.max(...nodes.map(n => n.pos[0] + n.size[0])), y1 = Math.max(...nodes.map(n => n.pos[1] + n.size[1]));
     const canvas = app.canvas.canvas;
     // LiteGraph draws no text below a zoom of 0.6; stay at or above it (the view may then crop).
-    // 100 px at the top: current front ends draw their tab and menu bars over the canvas.
-    const scale = Math.max(0.62, Math.min(canvas.width / (x1 - x0 + 80), canvas.height / (y1 - y0 + 140)));
+    // 90 px at the left and 130 at the top: current front ends draw their side bar, tab bar and
+    // breadcrumb over the canvas.
+    const scale = Math.max(0.62, Math.min(canvas.width / (x1 - x0 + 130), canvas.height / (y1 - y0 + 170)));
     app.canvas.ds.scale = scale;
-    app.canvas.ds.offset = [40 / scale - x0, 100 / scale - y0];
-    app.graph.setDirtyCanvas(true, true);
+    app.canvas.ds.offset = [90 / scale - x0, 130 / scale - y0];
+    (app.canvas.graph ?? app.graph).setDirtyCanvas(true, true);
 }"""
