@@ -190,7 +190,7 @@ def apply_faceid(model, adapter: FaceIDAdapter, embeddings: Optional[torch.Tenso
     adapter.check_fits([s.slot for s in sites], describe_model(model, sites))
     existing = _attn2_replacements(model)
     if any(isinstance(p, IdentityAttention) for p in existing.values()):
-        raise ValueError("this MODEL already carries a FaceID identity patch (RevPersIdentityConditioning was applied "
+        raise ValueError("this MODEL already carries a FaceID identity patch (Identity Conditioning (RevPers) was applied "
                          "twice); connect the model from before the first one")
 
     null = torch.zeros(1, adapter.embedding_dim)

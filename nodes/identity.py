@@ -24,7 +24,7 @@ class RevPersIdentityConditioning:
             "optional": {
                 "embedding": (EMBEDDING, {
                     "tooltip": "Identity embeddings, one row per face in the order of the latents. Leave "
-                               "unconnected for the model that RevPers Invert needs."}),
+                               "unconnected for the model that Invert (RevPers) needs."}),
             },
         }
 

@@ -6,10 +6,10 @@ from . import _comfy_model
 def _check_inversion_model(model):
     tokens = _comfy_model.identity_of(model)
     if tokens is None:
-        raise ValueError("RevPers Invert needs the MODEL from Identity Conditioning with NO embedding connected (the "
+        raise ValueError("Invert (RevPers) needs the MODEL from Identity Conditioning with NO embedding connected (the "
                          "FaceID adapter with the null identity on both branches); this MODEL has no FaceID adapter")
     if tokens.has_identity:
-        raise ValueError("RevPers Invert needs the MODEL from an Identity Conditioning node with NO embedding connected "
+        raise ValueError("Invert (RevPers) needs the MODEL from an Identity Conditioning node with NO embedding connected "
                          "(null identity on both branches); this MODEL carries identity embeddings - use it for the "
                          "Anonymized Sampler instead")
 

@@ -38,7 +38,7 @@ class RevPersAnonymizedSampler:
                 "conditioning": ("CONDITIONING", {"tooltip": "Identity branch text: CLIP Text Encode of \"\"."}),
                 "attribute": ("CONDITIONING", {"tooltip": "From Attribute Text: what the face is pulled toward "
                                                           "(empty text = zeros)."}),
-                "inversion": (INVERSION, {"tooltip": "From RevPers Invert."}),
+                "inversion": (INVERSION, {"tooltip": "From Invert (RevPers)."}),
                 "guidance": ("FLOAT", {
                     "default": -10.0, "min": -30.0, "max": 30.0, "step": 0.5,
                     "tooltip": "Guidance scale; negative moves away from the identity (the paper uses -10). "

@@ -623,8 +623,8 @@ def run_anonymize(p, a):
         elif any(nodes_of(graph, cls) for cls in CHECK_CLASSES):
             print("anonymity check: the check node reported nothing")
         else:
-            _say("WARNING: this workflow has no audit (RevPersAudit) nor Anonymity Check: nothing checked that "
-                 "the saved photo is anonymized")
+            _say("WARNING: this workflow has no Audit Anonymized Photos (RevPers) nor Anonymity Check "
+                 "(RevPers) node: nothing checked that the saved photo is anonymized")
         if plan is not None and len(plan.attempts) > 1:
             print("guaranteed mode, attempts per face:")
             for line in plan.lines():

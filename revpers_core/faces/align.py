@@ -54,7 +54,7 @@ DEFAULT_VSHIFT = 0.05
 MIN_CROP_SIZE = 64
 MAX_CROP_SIZE = 2048
 
-# The face region of a crop (the MASK DetectAlign outputs): an ellipse centred on the moved face
+# The face region of a crop (the MASK Detect and Align Faces outputs): an ellipse centred on the moved face
 # square, with semi-axes in units of F, clipped by the crop. Generous on purpose: paste-back feathers
 # inwards from its edge (0.05 of the crop = 0.065 F at the default padding), and the whole face -
 # forehead, cheeks, jaw line and chin, also of turned heads - must lie in the part that is replaced

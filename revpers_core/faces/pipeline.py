@@ -165,7 +165,7 @@ def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, pad
 def paste_back(images, crops, faceset: FaceSet, masks=None, feather: float = DEFAULT_FEATHER, on_step=None):
     """Put edited crops back into their images.
 
-    images: the photos DetectAlign was given (same count and sizes); crops [F, S', S', 3] in the
+    images: the photos Detect and Align Faces was given (same count and sizes); crops [F, S', S', 3] in the
     FaceSet's order (any S': the transforms are rescaled); masks [F, S'', S''] or None for the
     standard face masks; feather: the width of the soft edge as a fraction of the crop side.
     Faces recorded as covered are filled with a flat colour; faces left by request are outlined
@@ -190,7 +190,7 @@ def paste_back(images, crops, faceset: FaceSet, masks=None, feather: float = DEF
     n = len(faceset.faces)
     if not faceset.placeholder and crops.shape[0] != n:
         raise ValueError(f"paste-back got {crops.shape[0]} crop(s) for {n} detected face(s): the crops "
-                         f"must be the ones DetectAlign produced, in the same order")
+                         f"must be the ones Detect and Align Faces (RevPers) produced, in the same order")
     if masks is not None:
         masks = np.asarray(masks, dtype=np.float32)
         if masks.ndim == 2:
@@ -270,7 +270,7 @@ def embed_aligned(analyser: FaceAnalyser, crops, faceset: FaceSet):
     if crops.ndim != 4 or crops.shape[0] != len(faceset.faces):
         raise ValueError(f"got {crops.shape[0] if crops.ndim == 4 else crops.shape} crop(s) for "
                          f"{len(faceset.faces)} face(s): with faces connected, the image input must be "
-                         f"the crops DetectAlign made from them, in the same order")
+                         f"the crops Detect and Align Faces (RevPers) made from them, in the same order")
     if crops.shape[1] != crops.shape[2]:
         raise ValueError(f"crops must be square, got {crops.shape[2]}x{crops.shape[1]}")
     size = crops.shape[1]
