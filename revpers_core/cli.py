@@ -268,10 +268,15 @@ def _extra_model_bases(comfyui_dir):
     out = {}
     if not path.is_file():
         return out
+    import yaml
+
     try:
-        import yaml
         config = yaml.safe_load(path.read_text()) or {}
-    except Exception:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        print(f"warning: {path} could not be read ({error}); only the host's own models folder is used",
+              file=sys.stderr)
+        return out
+    if not isinstance(config, dict):
         return out
     for section in config.values():
         if not isinstance(section, dict):

@@ -117,6 +117,23 @@ def test_workflow_problems_are_named(photo, tmp_path, capsys):
     assert code == cli.EXIT_USAGE and "absent.json does not exist" in err
 
 
+def test_the_hosts_extra_model_paths_are_read_and_a_broken_file_is_said(tmp_path, capsys):
+    """extra_model_paths.yaml beside the host: its folders (relative to base_path, one per line)
+    count as model folders; a file that is not YAML is said on stderr, and only the host's own
+    models folder is used."""
+    yaml_file = tmp_path / "extra_model_paths.yaml"
+    yaml_file.write_text("mine:\n  base_path: /data/models\n  ipadapter: |\n    ipadapter\n    more/ipadapter\n"
+                         "  checkpoints: ckpt\nlocal:\n  base_path: shared\n  insightface: insightface\n")
+    bases = cli._extra_model_bases(tmp_path)
+    assert bases == {"ipadapter": [Path("/data/models/ipadapter"), Path("/data/models/more/ipadapter")],
+                     "checkpoints": [Path("/data/models/ckpt")],
+                     "insightface": [tmp_path / "shared" / "insightface"]}
+    assert capsys.readouterr().err == ""
+    yaml_file.write_text("mine: [unclosed\n")
+    assert cli._extra_model_bases(tmp_path) == {}
+    assert "extra_model_paths.yaml could not be read" in capsys.readouterr().err
+
+
 def test_knobs_land_on_the_nodes_by_class_type():
     graph = {
         "1": {"class_type": "RevPersInvert", "inputs": {"skip": 0.7, "steps": 100, "seed": 0, "guidance": -10.0,
