@@ -139,11 +139,6 @@ class RunResult:
     def message(self):
         return describe_execution_error(self.error) if self.error else ""
 
-    def raise_for_status(self):
-        if self.status != "success":
-            raise ExecutionFailed(self.error or {"exception_message": "the prompt did not succeed"}, self)
-        return self
-
     def images(self, node_id=None):
         """Every image record ({filename, subfolder, type}) in the outputs, or in one node's."""
         found = []

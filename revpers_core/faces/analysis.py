@@ -146,19 +146,10 @@ def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, ::-1])
 
 
-@dataclass(frozen=True)
-class AnalysedFace:
-    """A detection together with its L2-normalised ArcFace embedding (512 floats)."""
-
-    detection: Detection
-    embedding: np.ndarray
-
-
 class FaceAnalyser:
     """An InsightFace detector + ArcFace recogniser, loaded once and reused.
 
-    detect(image, threshold) -> [Detection]; embed(image, [landmarks]) -> [N, 512] normalised;
-    get(image, threshold) -> [AnalysedFace] (both, like InsightFace's FaceAnalysis.get).
+    detect(image, threshold) -> [Detection]; embed(image, [landmarks]) -> [N, 512] normalised.
     """
 
     def __init__(self, model_dir: str, provider: str = "auto", det_size: int = DEFAULT_DET_SIZE,
@@ -239,11 +230,6 @@ class FaceAnalyser:
             raise RuntimeError("the recognition model returned an all-zero or non-finite embedding")
         return (feats / norms).astype(np.float32)
 
-    def get(self, image_bgr: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> list[AnalysedFace]:
-        detections = self.detect(image_bgr, threshold)
-        embeddings = self.embed(image_bgr, [d.landmarks for d in detections])
-        return [AnalysedFace(d, e) for d, e in zip(detections, embeddings)]
-
 
 _CACHE: "OrderedDict[tuple, FaceAnalyser]" = OrderedDict()
 _CACHE_LOCK = threading.Lock()
@@ -276,11 +262,6 @@ def load_analyser(model_dir: str, provider: str = "auto", det_size: int = DEFAUL
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return analyser
-
-
-def cache_info() -> int:
-    """How many analysers are loaded (for tests and diagnostics)."""
-    return len(_CACHE)
 
 
 @dataclass(frozen=True)
