@@ -19,6 +19,7 @@ null-embedding tokens on the unconditional branch (ComfyUI tells which chunk is 
 """
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -27,11 +28,12 @@ import torch
 import torch.nn.functional as F
 
 import comfy.ldm.modules.attention as comfy_attention
+import comfy.model_management
 import comfy.model_sampling
 import comfy.sample
 import comfy.samplers
 
-from revpers_core import solver
+from revpers_core import row_budget, solver
 from revpers_core.faceid import FaceIDAdapter, TransformerSlot
 
 COND, UNCOND = 0, 1
@@ -111,20 +113,32 @@ class IdentityTokens:
         self.scale = float(scale)
         self.has_identity = bool(has_identity)
         self.adapter_name = adapter_name
+        self.window = None  # (start, stop): the faces of the chunk being sampled; None = all
 
     @property
     def faces(self) -> int:
         return int(self.cond_tokens.shape[0])
 
+    @contextlib.contextmanager
+    def chunk(self, start: int, stop: int):
+        """Within this, the conditional branch carries the tokens of faces start..stop-1 only (the chunk of
+        the batch under sampling; see revpers_core.row_budget)."""
+        self.window = (start, stop) if self.faces > 1 else None
+        try:
+            yield self
+        finally:
+            self.window = None
+
     def rows(self, cond_or_uncond: Sequence[int], rows_per_chunk: int, device, dtype) -> torch.Tensor:
         """Identity tokens for each row of a batch made of chunks (cond or uncond) of rows_per_chunk rows."""
-        if self.faces not in (1, rows_per_chunk):
+        cond_tokens = self.cond_tokens if self.window is None else self.cond_tokens[self.window[0]:self.window[1]]
+        if cond_tokens.shape[0] not in (1, rows_per_chunk):
             raise ValueError(
                 f"the identity-conditioned MODEL carries {self.faces} identity embeddings but is sampling a batch of "
                 f"{rows_per_chunk} latents: connect exactly one embedding per face, in the order of the latents")
         parts = []
         for c in cond_or_uncond:
-            src = self.cond_tokens if c == COND else self.null_tokens
+            src = cond_tokens if c == COND else self.null_tokens
             parts.append(src.expand(rows_per_chunk, -1, -1) if src.shape[0] == 1 else src)
         return torch.cat(parts).to(device=device, dtype=dtype)
 
@@ -193,7 +207,6 @@ def apply_faceid(model, adapter: FaceIDAdapter, embeddings: Optional[torch.Tenso
         raise ValueError("this MODEL already carries a FaceID identity patch (Identity Conditioning (RevPers) was applied "
                          "twice); connect the model from before the first one")
 
-    null = torch.zeros(1, adapter.embedding_dim)
     if embeddings is None:
         cond = torch.zeros(1, adapter.embedding_dim)
     else:
@@ -201,9 +214,8 @@ def apply_faceid(model, adapter: FaceIDAdapter, embeddings: Optional[torch.Tenso
         if cond.ndim != 2 or cond.shape[0] < 1 or cond.shape[1] != adapter.embedding_dim:
             raise ValueError(f"identity embeddings must be [faces, {adapter.embedding_dim}] for adapter "
                              f"'{adapter.name}' (got shape {tuple(cond.shape)})")
-    # The null embedding is projected together with the identities (as the reference projects [null, id]).
-    projected = adapter.project(torch.cat([null, cond]))
-    tokens = IdentityTokens(projected[1:], projected[:1], scale, embeddings is not None, adapter.name)
+    cond_tokens, null_tokens = adapter.project_with_null(cond)
+    tokens = IdentityTokens(cond_tokens, null_tokens, scale, embeddings is not None, adapter.name)
 
     patched = model.clone()
     weight_patches = {}
@@ -315,23 +327,46 @@ def _record_to(record: solver.InversionRecord, device) -> solver.InversionRecord
 # ---------------------------------------------------------------------------------------------
 # the two runs
 
+def _chunked_progress(on_step, chunk: int, chunks: int):
+    """A chunk's on_step(j, N), reported as the progress of the whole run over all chunks."""
+    if on_step is None:
+        return None
+    return lambda j, n: on_step(chunk * n + j, chunks * n)
+
+
+def face_chunks(model, latent_shape, faces: int, max_rows: int) -> List[Tuple[int, int]]:
+    """The face chunks under the row budget (revpers_core.row_budget); max_rows 0 = automatic, from the free
+    memory of the model's device and the host's own estimate of a model call's memory."""
+    max_rows = row_budget.check_max_rows(max_rows)
+    if max_rows == 0:
+        shape = list(latent_shape[1:])
+        free = comfy.model_management.get_free_memory(model.load_device)
+        max_rows = row_budget.automatic_rows(free, lambda n: model.model.memory_required([n] + shape))
+    return row_budget.face_chunks(faces, max_rows)
+
+
 def run_inversion(model, latent: torch.Tensor, positive, negative, guidance: float, steps: int, skip: float, seed: int,
-                  on_step=None) -> Tuple[solver.InversionRecord, torch.Tensor]:
+                  on_step=None, max_rows: int = 0) -> Tuple[solver.InversionRecord, torch.Tensor]:
     """Edit-friendly inversion of LATENT samples (user latent space) → (record in the model's latent space,
-    x_T in user latent space)."""
+    x_T in user latent space), the faces in chunks under the row budget."""
     schedule = model_schedule(model)
     timesteps = solver.inversion_timesteps(steps, skip, schedule.num_train_timesteps)
     sigmas = _step_sigmas(model, schedule, timesteps)
-    result = {}
+    chunks = face_chunks(model, latent.shape, latent.shape[0], max_rows)
+    records, starts = [], []
+    for c, (a, b) in enumerate(chunks):
+        progress = _chunked_progress(on_step, c, len(chunks))
 
-    def run(denoise, x0):
-        result["record"] = solver.invert(x0, denoise, schedule, timesteps, seed, on_step=on_step, guidance=guidance,
-                                         skip=skip)
-        return result["record"].x_T
+        def run(denoise, x0):
+            records.append(solver.invert(x0, denoise, schedule, timesteps, seed, on_step=progress,
+                                         guidance=guidance, skip=skip))
+            return records[-1].x_T
 
-    x_T = comfy.sample.sample_custom(model, torch.zeros_like(latent), float(guidance), _solver_sampler(run), sigmas,
-                                     positive, negative, latent, disable_pbar=True, seed=int(seed))
-    return _record_to(result["record"], "cpu"), x_T
+        starts.append(comfy.sample.sample_custom(model, torch.zeros_like(latent[a:b]), float(guidance),
+                                                 _solver_sampler(run), sigmas, positive, negative, latent[a:b],
+                                                 disable_pbar=True, seed=int(seed)))
+    record = records[0] if len(records) == 1 else solver.InversionRecord.joined(records)
+    return _record_to(record, "cpu"), torch.cat(starts)
 
 
 def with_size(conditioning, size: int):
@@ -368,11 +403,10 @@ def with_row_guidance(model, guidance: float, scales: Sequence[float]):
 
 def run_sampling(model, record: solver.InversionRecord, positive, negative, guidance: float,
                  reference_compat: bool = False, reference_size: int = 1024, on_step=None,
-                 row_scales: Optional[Sequence[float]] = None) -> torch.Tensor:
-    """Replay the solver from the record's x_T with its noise maps → final latents (user latent space).
-    ``row_scales``: one guidance per face (see `with_row_guidance`); None = ``guidance`` for all."""
-    if row_scales is not None:
-        model = with_row_guidance(model, guidance, row_scales)
+                 row_scales: Optional[Sequence[float]] = None, max_rows: int = 0) -> torch.Tensor:
+    """Replay the solver from the record's x_T with its noise maps → final latents (user latent space), the
+    faces in chunks under the row budget. ``row_scales``: one guidance per face (see `with_row_guidance`);
+    None = ``guidance`` for all."""
     schedule = model_schedule(model)
     if not schedule.same_as(record.schedule):
         raise ValueError("the MODEL's noise schedule differs from the one the inversion used: sample with the same "
@@ -380,12 +414,21 @@ def run_sampling(model, record: solver.InversionRecord, positive, negative, guid
     sigmas = _step_sigmas(model, record.schedule, record.timesteps)
     if reference_compat:
         positive, negative = with_size(positive, reference_size), with_size(negative, reference_size)
+    tokens = identity_of(model)
+    chunks = face_chunks(model, record.x_T.shape, record.batch_size, max_rows)
+    outs = []
+    for c, (a, b) in enumerate(chunks):
+        part, progress = record.faces(a, b), _chunked_progress(on_step, c, len(chunks))
+        chunk_model = model if row_scales is None else with_row_guidance(model, guidance, row_scales[a:b])
 
-    def run(denoise, x):
-        rec = _record_to(record, x.device)
-        return solver.sample(rec, denoise, reference_compat=reference_compat, on_step=on_step,
-                             x_T=rec.x_T.to(dtype=x.dtype))
+        def run(denoise, x, part=part, progress=progress):
+            rec = _record_to(part, x.device)
+            return solver.sample(rec, denoise, reference_compat=reference_compat, on_step=progress,
+                                 x_T=rec.x_T.to(dtype=x.dtype))
 
-    latent = model.model.process_latent_out(record.x_T.clone())
-    return comfy.sample.sample_custom(model, torch.zeros_like(latent), float(guidance), _solver_sampler(run), sigmas,
-                                      positive, negative, latent, disable_pbar=True, seed=int(record.seed))
+        latent = model.model.process_latent_out(part.x_T.clone())
+        with tokens.chunk(a, b) if tokens is not None else contextlib.nullcontext():
+            outs.append(comfy.sample.sample_custom(chunk_model, torch.zeros_like(latent), float(guidance),
+                                                   _solver_sampler(run), sigmas, positive, negative, latent,
+                                                   disable_pbar=True, seed=int(record.seed)))
+    return torch.cat(outs)

@@ -124,6 +124,26 @@ class FaceIDAdapter:
         x = x.reshape(-1, self.num_tokens, self.cross_attention_dim)
         return F.layer_norm(x, (self.cross_attention_dim,), p["norm.weight"], p["norm.bias"])
 
+    def project_with_null(self, embeddings: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(tokens of each row of ``embeddings`` [B, T, D], tokens of the null (zero) embedding [1, T, D]).
+        Each distinct row is projected as the reference projects a face, in a batch [null, e] of its own, so
+        a face's tokens do not depend on the other faces of the batch (nor on a chunk of it), and equal rows,
+        such as the faces of one track, get bit-identical tokens."""
+        e = torch.as_tensor(embeddings).detach().to(device="cpu", dtype=torch.float32)
+        if e.ndim != 2:
+            return self.project(e), None  # project() says what is wrong with the shape
+        null = torch.zeros(1, e.shape[1])
+        seen, tokens, null_tokens = {}, [], None
+        for row in e:
+            key = row.numpy().tobytes()
+            if key not in seen:
+                pair = self.project(torch.cat([null, row[None]]))
+                seen[key], null_tokens = pair[1:], pair[:1]
+            tokens.append(seen[key])
+        if null_tokens is None:
+            null_tokens = self.project(null)
+        return torch.cat(tokens) if tokens else null_tokens[:0], null_tokens
+
     # -- per-layer weights --------------------------------------------------------------------
     def identity_weights(self, block: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """(to_k_ip, to_v_ip) of transformer block ``block``'s cross-attention (processor 2·block+1)."""
