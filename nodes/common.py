@@ -7,6 +7,8 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
+from revpers_core import row_budget
+
 CATEGORY = "Reverse Personalization"
 
 
@@ -22,6 +24,13 @@ FACEID_ADAPTER = "REVPERS_FACEID_ADAPTER"  # IP-Adapter-FaceID weights (projecti
 INVERSION = "REVPERS_INVERSION"  # x_T, noise maps and schedule of an edit-friendly inversion
 ANONYMITY_REPORT = "REVPERS_ANONYMITY_REPORT"  # per-face identity similarity before/after
 AUDIT_REPORT = "REVPERS_AUDIT_REPORT"  # the audit of final images: per face and recognizer, verdicts
+
+# The row budget of Invert and Anonymized Sampler (revpers_core.row_budget).
+MAX_ROWS_INPUT = ("INT", {
+    "default": 0, "min": 0, "max": row_budget.MAX_ROWS, "step": 2,
+    "tooltip": "Most latent rows per model call (each face takes 2: both branches). More faces are taken in "
+               "chunks, each through all steps, with the same result as one batch. 0 = automatic, from the "
+               "device's free memory by ComfyUI's own estimate."})
 
 # Model folders the pack reads, with the extensions it accepts in each.
 MODEL_FOLDERS = {

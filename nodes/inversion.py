@@ -1,5 +1,5 @@
 """Inverse diffusion: edit-friendly DDPM inversion of face latents."""
-from .common import INVERSION, Progress, category
+from .common import INVERSION, MAX_ROWS_INPUT, Progress, category
 from . import _comfy_model
 
 
@@ -26,7 +26,7 @@ class RevPersInvert:
     DESCRIPTION = (
         "Edit-friendly DDPM inversion (SDE-DPM-Solver++ 2M), the paper's first stage: finds the start latent x_T and "
         "the noise map of every step such that replaying the solver reproduces the input faces exactly. All faces of "
-        "the batch are inverted together, one model call per step. Use the MODEL from Identity Conditioning WITHOUT "
+        "the batch are inverted together, one model call per step (in chunks when they exceed max_rows). Use the MODEL from Identity Conditioning WITHOUT "
         "an embedding, 'conditioning' = CLIP Text Encode of an empty prompt and 'unconditional' = Attribute Text "
         "with empty text (zeros), and the same guidance as the sampler.")
 
@@ -51,7 +51,8 @@ class RevPersInvert:
                                "input (pose, light, background), lower changes more. 0.7 = timesteps 299..1."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
                                  "tooltip": "Seed of the noise drawn for the inversion (each face uses it alike)."}),
-            }
+            },
+            "optional": {"max_rows": MAX_ROWS_INPUT},
         }
 
     RETURN_TYPES = (INVERSION, "LATENT")
@@ -61,7 +62,7 @@ class RevPersInvert:
     FUNCTION = "invert"
     CATEGORY = category("Diffusion")
 
-    def invert(self, model, latent, conditioning, unconditional, guidance, steps, skip, seed):
+    def invert(self, model, latent, conditioning, unconditional, guidance, steps, skip, seed, max_rows=0):
         samples = _check_latent(latent)
         _check_inversion_model(model)
         if int(steps) < 2:
@@ -69,7 +70,8 @@ class RevPersInvert:
         if not 0.0 < float(skip) < 1.0:
             raise ValueError(f"skip must lie strictly between 0 and 1 (got {skip}); the paper uses 0.7")
         record, x_T = _comfy_model.run_inversion(model, samples, conditioning, unconditional, float(guidance),
-                                                 int(steps), float(skip), int(seed), on_step=Progress(int(steps)))
+                                                 int(steps), float(skip), int(seed), on_step=Progress(int(steps)),
+                                                 max_rows=int(max_rows))
         return (record, {"samples": x_T})
 
 

@@ -27,7 +27,8 @@ class RevPersAnonymizedSampler:
         "Anonymized sampling, the paper's second stage: starts from the inversion's x_T and replays its solver with "
         "the recorded noise maps, now with the identity on the conditional branch and NEGATIVE guidance, which pushes "
         "each face away from its identity and toward the 'attribute' branch, while pose, expression, light and "
-        "background follow the inversion. One model call per step for all faces and both branches. "
+        "background follow the inversion. One model call per step for all faces and both branches (in chunks of "
+        "at most max_rows rows when there are more). "
         "reference_compat reproduces the published code's numerics, quirks included.")
 
     @classmethod
@@ -60,6 +61,7 @@ class RevPersAnonymizedSampler:
                                "ROW being the face's number in Detect and Align's order, as the audit reports it. "
                                "Only those faces change: every other face comes out bit-identical. Empty = "
                                "'guidance' for every face. Guaranteed mode (the revpers CLI) sets it by itself."}),
+                "max_rows": MAX_ROWS_INPUT,
             },
         }
 
@@ -70,7 +72,7 @@ class RevPersAnonymizedSampler:
     CATEGORY = category("Diffusion")
 
     def sample(self, model, conditioning, attribute, inversion, guidance, reference_compat, reference_size,
-               face_guidance=""):
+               face_guidance="", max_rows=0):
         check_identity(model, inversion)
         tokens = _comfy_model.identity_of(model)
         overrides = guarantee.parse_face_guidance(face_guidance, inversion.batch_size)
@@ -80,7 +82,8 @@ class RevPersAnonymizedSampler:
             log.warning("revpers: %s", warning)
         out = _comfy_model.run_sampling(model, inversion, conditioning, attribute, float(guidance),
                                         bool(reference_compat), int(reference_size),
-                                        on_step=Progress(inversion.steps), row_scales=scales)
+                                        on_step=Progress(inversion.steps), row_scales=scales,
+                                        max_rows=int(max_rows))
         text = [warning] if warning else []
         if overrides:
             text.append(f"per-face guidance: {guarantee.format_face_guidance(overrides)} (the other faces: "

@@ -238,9 +238,22 @@ class InversionRecord:
 
     def face(self, i: int) -> "InversionRecord":
         """The record of face i alone (a batch of one)."""
-        return InversionRecord(self.x_T[i:i + 1], self.noise_maps[:, i:i + 1], self.timesteps, self.alphas_cumprod,
-                               self.last_data_prediction[i:i + 1], self.guidance, self.skip, self.seed,
-                               list(self.step_orders))
+        return self.faces(i, i + 1)
+
+
+    def faces(self, start: int, stop: int) -> "InversionRecord":
+        """The record of faces start..stop-1 (a chunk of the batch)."""
+        return InversionRecord(self.x_T[start:stop], self.noise_maps[:, start:stop], self.timesteps,
+                               self.alphas_cumprod, self.last_data_prediction[start:stop], self.guidance,
+                               self.skip, self.seed, list(self.step_orders))
+
+    @classmethod
+    def joined(cls, records: Sequence["InversionRecord"]) -> "InversionRecord":
+        """One record of the faces of several (chunk records of one inversion, in order)."""
+        first = records[0]
+        return cls(torch.cat([r.x_T for r in records]), torch.cat([r.noise_maps for r in records], dim=1),
+                   first.timesteps, first.alphas_cumprod, torch.cat([r.last_data_prediction for r in records]),
+                   first.guidance, first.skip, first.seed, list(first.step_orders))
 
 
 def _draw_noise(generators: Sequence[torch.Generator], like: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ def setup(pack):
     return {"base": base, "adapter": adapter, "faces": faces, "embeddings": embeddings}
 
 
-def counted_run(pack, setup, faces, embeddings, steps):
+def counted_run(pack, setup, faces, embeddings, steps, max_rows=0, face_guidance=""):
     node = pack.nodes.identity.RevPersIdentityConditioning()
     inv_count, gen_count = CallCounter(), CallCounter()
     with torch.inference_mode():
@@ -54,10 +54,11 @@ def counted_run(pack, setup, faces, embeddings, steps):
         id_model.set_model_unet_function_wrapper(gen_count)
         pos, neg = om.conditioning("default", "inversion")
         record, _ = pack.nodes.inversion.RevPersInvert().invert(inv_model, {"samples": faces}, pos, neg, -10.0,
-                                                                steps, 0.7, 0)
+                                                                steps, 0.7, 0, max_rows)
         gpos, gneg = om.conditioning("default", "generation")
         out = pack.nodes.sampler.RevPersAnonymizedSampler().sample(id_model, gpos, gneg, record, -10.0, False,
-                                                                   1024)[0]["samples"]
+                                                                   1024, face_guidance, max_rows)
+        out = (out["result"] if isinstance(out, dict) else out)[0]["samples"]
     return inv_count, gen_count, record, out
 
 
@@ -97,6 +98,34 @@ def test_batched_faces_match_faces_run_alone(pack, setup):
           f"same face with another identity: {other_identity:.3g}")
     assert worst_zs < 1e-3 and worst_out < 1e-2
     assert other_identity > 20 * worst_out
+
+
+def test_row_budget_takes_faces_in_chunks_with_the_results_they_get_alone(pack, setup):
+    """max_rows 2: one face (both branches) per call, each face through all steps in turn; every face's x_T,
+    noise maps and result are bit-identical to that face run alone (the same call shapes), and per-face
+    guidance lands on its face in its chunk. max_rows 4: chunks of 2 + 1 faces. 0 (automatic, on this CPU's
+    free memory): one chunk."""
+    steps = 6
+    faces, embeddings = setup["faces"], setup["embeddings"]
+    inv, gen, record, out = counted_run(pack, setup, faces, embeddings, steps, max_rows=2)
+    assert (inv.calls, inv.rows, gen.calls, gen.rows) == (3 * steps, 3 * steps * 2, 3 * steps, 3 * steps * 2)
+    for i in range(3):
+        _, _, rec, alone = counted_run(pack, setup, faces[i:i + 1], embeddings[i:i + 1], steps)
+        assert torch.equal(rec.x_T[0], record.x_T[i]) and torch.equal(rec.noise_maps[:, 0], record.noise_maps[:, i])
+        assert torch.equal(alone[0], out[i])
+    inv4, gen4, _, out4 = counted_run(pack, setup, faces, embeddings, steps, max_rows=4)
+    assert (inv4.calls, gen4.calls) == (2 * steps, 2 * steps) and torch.equal(out4[2], out[2])
+    auto_inv, auto_gen, _, whole = counted_run(pack, setup, faces, embeddings, steps)
+    assert (auto_inv.calls, auto_gen.calls) == (steps, steps)
+    worst = (whole - out).abs().max().item()
+    print(f"\n[row budget, N={steps}] 3 faces in chunks of 1: bit-identical to each face alone; vs one batch of 3: "
+          f"max-abs {worst:.3g} (batched matmuls round differently)")
+    assert worst < 1e-2
+    _, _, _, stronger = counted_run(pack, setup, faces, embeddings, steps, max_rows=2, face_guidance="1:-14")
+    assert torch.equal(stronger[0], out[0]) and torch.equal(stronger[2], out[2])
+    assert (stronger[1] - out[1]).abs().max().item() > 0.1
+    with pytest.raises(ValueError, match="max_rows 1 is out of range"):
+        counted_run(pack, setup, faces, embeddings, steps, max_rows=1)
 
 
 def test_interrupt_stops_between_steps(pack, setup):
