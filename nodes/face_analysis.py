@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from revpers_core.faces import analysis, pipeline
+from revpers_core.faces import analysis, pipeline, tracks
 
 from . import _images
 from .common import EMBEDDING, FACE_ANALYSIS, FACES, category, model_folder_paths
@@ -74,7 +74,8 @@ class RevPersArcFaceEmbedding:
         "ArcFace identity embedding (512 values, L2-normalised, as IP-Adapter-FaceID expects), one row per "
         "image. Without 'faces' the face is detected in each image and the chosen one used (largest, as the "
         "reference). With 'faces' from Detect and Align Faces, the images must be its crops: each is "
-        "embedded from the landmarks already found, with no second detection. No face is an error.")
+        "embedded from the landmarks already found, with no second detection; faces tracked over the frames "
+        "of a clip get one identity per person (identity 'per track'). No face is an error.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -90,6 +91,12 @@ class RevPersArcFaceEmbedding:
             "optional": {
                 "faces": (FACES, {"tooltip": "Faces from Detect and Align Faces; then 'image' must be its "
                                              "crops, and their landmarks are used instead of detecting again."}),
+                "identity": (list(tracks.IDENTITY), {
+                    "default": tracks.IDENTITY[0],
+                    "tooltip": "For faces from Detect and Track Faces: 'per track' gives every face of a person "
+                               "the same identity, the normalised mean of the track's detected faces, so the "
+                               "person becomes the same new face in every frame; 'per face' embeds each frame's "
+                               "face on its own. Faces without a track (photos) always get their own."}),
             },
         }
 
@@ -99,12 +106,12 @@ class RevPersArcFaceEmbedding:
     FUNCTION = "embed"
     CATEGORY = category("Faces")
 
-    def embed(self, analysis, image, select, faces=None):
+    def embed(self, analysis, image, select, faces=None, identity=tracks.IDENTITY[0]):
         if faces is not None:
             if faces.placeholder:
                 log.warning("revpers: no face was found in any image (pass-through mode); the embedding "
                             "is the null identity (zeros) for the placeholder crop")
-            rows = pipeline.embed_aligned(analysis.analyser, _images.image_array(image), faces)
+            rows = pipeline.embed_aligned(analysis.analyser, _images.image_array(image), faces, identity)
         else:
             rows, _ = pipeline.embed_images(analysis.analyser, _images.image_batch(image),
                                             analysis.threshold, select)

@@ -81,16 +81,24 @@ class RevPersDetectAlign:
 
     def detect(self, analysis, images, crop_size, padding, threshold, min_face_size, max_faces,
                expected_faces, on_no_face, beyond_max_faces=pipeline.BEYOND_MAX_FACES[0]):
-        batch = _images.image_batch(images, "images")
-        threshold = float(threshold) if threshold > 0 else analysis.threshold
-        faces, crops, masks = pipeline.detect_and_align(
-            analysis.analyser, batch, crop_size=crop_size, padding=padding, threshold=threshold,
-            min_size=float(min_face_size), max_faces=int(max_faces), expected_faces=int(expected_faces),
-            on_no_face=on_no_face, on_step=Progress(len(batch)), beyond_max_faces=beyond_max_faces)
-        warning = faces.warning()
-        if warning:
-            log.warning("revpers: %s", warning.replace("\n", "; "))
-        return (_images.to_image(crops), faces, _images.to_mask(masks), warning)
+        return detect_faces(analysis, images, crop_size, padding, threshold, min_face_size, max_faces,
+                            expected_faces, on_no_face, beyond_max_faces)
+
+
+def detect_faces(analysis, images, crop_size, padding, threshold, min_face_size, max_faces, expected_faces,
+                 on_no_face, beyond_max_faces, tracking=None):
+    """The body of Detect and Align Faces (and, with tracking settings, of Detect and Track Faces)."""
+    batch = _images.image_batch(images, "images")
+    threshold = float(threshold) if threshold > 0 else analysis.threshold
+    faces, crops, masks = pipeline.detect_and_align(
+        analysis.analyser, batch, crop_size=crop_size, padding=padding, threshold=threshold,
+        min_size=float(min_face_size), max_faces=int(max_faces), expected_faces=int(expected_faces),
+        on_no_face=on_no_face, on_step=Progress(len(batch)), beyond_max_faces=beyond_max_faces,
+        tracking=tracking)
+    warning = faces.warning()
+    if warning:
+        log.warning("revpers: %s", warning.replace("\n", "; "))
+    return (_images.to_image(crops), faces, _images.to_mask(masks), warning)
 
 
 class RevPersPasteBack:

@@ -270,11 +270,19 @@ def make_auditor(analyser, arcface_threshold: float, dlib_threshold: float,
     return Auditor(analyser, judges, rec.DlibHOG(), detect_threshold, notes)
 
 
+def _anonymized(record) -> str:
+    """The status of a face Detect and Align anonymized; one of a clip's faces that the detector missed and
+    tracking interpolated says so."""
+    if record.interpolated:
+        return f"anonymized (interpolated along track {record.track}: the detector missed it here)"
+    return "anonymized"
+
+
 def _recorded(faceset: FaceSet | None, image_index: int) -> list[tuple[Detection, str, int | None]]:
     if faceset is None:
         return []
     out = [(Detection(faceset.faces[row].box, faceset.faces[row].landmarks, faceset.faces[row].score),
-            "anonymized", row) for row in faceset.faces_of(image_index)]
+            _anonymized(faceset.faces[row]), row) for row in faceset.faces_of(image_index)]
     status = {COVERED: "covered", LEFT: "left by request"}
     out += [(Detection(s.box, s.landmarks, s.score), status[s.action], None)
             for s in faceset.skipped_of(image_index)]

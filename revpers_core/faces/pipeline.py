@@ -17,11 +17,17 @@ from .align import (DEFAULT_CROP_SIZE, DEFAULT_PADDING, DEFAULT_VSHIFT, align_fa
                     check_padding, face_mask)
 from .analysis import FaceAnalyser, largest, reading_order, split_faces, to_bgr_uint8
 from .paste import DEFAULT_FEATHER, cover_faces, feathered_alpha, mark_left_faces, mark_not_anonymized, paste_faces
+from . import tracks
 from .records import COVERED, LEFT, FaceRecord, FaceSet, SkippedFace
+from .tracks import TrackSettings
 
 log = logging.getLogger("revpers.faces")
 
 ON_NO_FACE = ("error", "pass through (marked)")
+# For the frames of a clip (with tracking) a frame in which nobody is seen is normal: it is passed through
+# unchanged and listed in the FaceSet (frame count and order are kept). A clip with no face at all still fails.
+FRAME_UNCHANGED = "pass through unchanged (reported)"
+ON_NO_FACE_IN_FRAME = (FRAME_UNCHANGED,) + ON_NO_FACE
 BEYOND_MAX_FACES = ("error", "leave visible (marked)")
 PLACEHOLDER_GREY = 0.5
 
@@ -76,26 +82,41 @@ def detect_and_align(analyser: FaceAnalyser, images, crop_size: int = DEFAULT_CR
                      padding: float = DEFAULT_PADDING, vshift: float = DEFAULT_VSHIFT,
                      threshold: float = 0.5, min_size: float = 0.0, max_faces: int = 0,
                      expected_faces: int = 0, on_no_face: str = "error", on_step=None,
-                     beyond_max_faces: str = "error"):
+                     beyond_max_faces: str = "error", tracking: TrackSettings | None = None):
     """Find and align the faces of every image (detection by `analyser`, `share_out`, then
     `align_detections`). Every face the detector scores at or above `threshold` is anonymized,
     covered (below `min_size`) or, only with beyond_max_faces 'leave visible (marked)', left.
+    With `tracking` the images are the frames of a clip, in time order: the detections are linked
+    into tracks and the faces missed in short gaps of a track are interpolated (see tracks.py); the
+    face records carry their track id.
 
     Returns (FaceSet, crops [F, S, S, 3] float32, masks [F, S, S] float32); see align_detections.
     """
     check_crop_size(crop_size)
     check_padding(padding)
-    if on_no_face not in ON_NO_FACE:
-        raise ValueError(f"on_no_face must be one of {ON_NO_FACE}, not {on_no_face!r}")
+    if on_no_face not in ON_NO_FACE_IN_FRAME:
+        raise ValueError(f"on_no_face must be one of {ON_NO_FACE_IN_FRAME}, not {on_no_face!r}")
+    if on_no_face == FRAME_UNCHANGED and tracking is None:
+        raise ValueError(f"on_no_face {FRAME_UNCHANGED!r} is for the frames of a clip (Detect and Track Faces); "
+                         f"for photos use one of {ON_NO_FACE}")
     if max_faces and expected_faces and expected_faces > max_faces:
         raise ValueError(f"expected_faces ({expected_faces}) is larger than max_faces ({max_faces}): "
                          f"no image could satisfy both")
     images = list(images)
-    found, skipped = [], []
+    detected, embeddings = [], []
     for index, image in enumerate(images):
         if on_step is not None:
             on_step(index, len(images))
-        detections = analyser.detect(to_bgr_uint8(_colour(image)), threshold)
+        bgr = to_bgr_uint8(_colour(image))
+        detected.append(analyser.detect(bgr, threshold))
+        if tracking is not None:
+            embeddings.append(analyser.embed(bgr, [d.landmarks for d in detected[-1]]))
+    notes = []
+    if tracking is not None:
+        ids = tracks.link(detected, embeddings, tracking)
+        detected, notes = tracks.fill_gaps(detected, ids, tracking.max_gap)
+    found, skipped = [], []
+    for index, detections in enumerate(detected):
         keep, skip = share_out(index, detections, min_size, max_faces, beyond_max_faces)
         found.append(keep)
         skipped += skip
@@ -103,12 +124,12 @@ def detect_and_align(analyser: FaceAnalyser, images, crop_size: int = DEFAULT_CR
         on_step(len(images), len(images))
     advice = _no_face_advice(threshold, analyser.det_size, min_size)
     return align_detections(images, found, crop_size, padding, vshift, expected_faces, on_no_face, advice,
-                            skipped=skipped)
+                            skipped=skipped, track_notes=notes)
 
 
 def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, padding: float = DEFAULT_PADDING,
                      vshift: float = DEFAULT_VSHIFT, expected_faces: int = 0, on_no_face: str = "error",
-                     advice: str = "", skipped=()):
+                     advice: str = "", skipped=(), track_notes=()):
     """Align given detections (per image, in the order wanted) and apply the fail-closed policy.
 
     skipped: SkippedFace records of faces that are covered or left instead of anonymized (they
@@ -120,8 +141,8 @@ def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, pad
     """
     crop_size = check_crop_size(crop_size)
     padding = check_padding(padding)
-    if on_no_face not in ON_NO_FACE:
-        raise ValueError(f"on_no_face must be one of {ON_NO_FACE}, not {on_no_face!r}")
+    if on_no_face not in ON_NO_FACE_IN_FRAME:
+        raise ValueError(f"on_no_face must be one of {ON_NO_FACE_IN_FRAME}, not {on_no_face!r}")
     images = list(images)
     if not images:
         raise ValueError("no images were given")
@@ -129,7 +150,7 @@ def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, pad
         raise ValueError(f"{len(detections)} detection lists for {len(images)} images")
     need = max(1, int(expected_faces))
     skipped = list(skipped)
-    sizes, records, crops, passed = [], [], [], {}
+    sizes, records, crops, passed, unchanged = [], [], [], {}, {}
     for index, (image, found) in enumerate(zip(images, detections)):
         rgb = _colour(image)
         height, width = rgb.shape[:2]
@@ -141,6 +162,12 @@ def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, pad
                       f"(image {index}, {width}x{height})")
             if on_no_face == "error":
                 raise ValueError(f"Face detection: {reason}; nothing was anonymized. {advice}".rstrip())
+            if on_no_face == FRAME_UNCHANGED and not count:
+                unchanged[index] = reason
+                continue
+            if on_no_face == FRAME_UNCHANGED:
+                raise ValueError(f"Face detection: {reason}; nothing was anonymized. Set expected_faces to 0 for "
+                                 f"frames in which the number of people changes.")
             passed[index] = reason
             log.warning("revpers: image %d passed through NOT anonymized: %s", index, reason)
         for det in found:
@@ -150,9 +177,13 @@ def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, pad
                 image_index=index, box=np.asarray(det.box, dtype=np.float64).copy(),
                 landmarks=np.asarray(det.landmarks, dtype=np.float64).copy(), transform=matrix,
                 score=float(det.score), crop_size=crop_size, image_size=(height, width), padding=padding,
-                vshift=vshift))
+                vshift=vshift, track=getattr(det, "track", None), interpolated=getattr(det, "interpolated", False)))
     faceset = FaceSet(faces=records, image_sizes=sizes, crop_size=crop_size, padding=padding,
-                      vshift=vshift, passed_through=passed, placeholder=not records, skipped=skipped)
+                      vshift=vshift, passed_through=passed, placeholder=not records, skipped=skipped,
+                      track_notes=list(track_notes), unchanged=unchanged)
+    if not records and on_no_face == FRAME_UNCHANGED:
+        raise ValueError(f"Face detection: no face in any of the {len(images)} frame(s); nothing was anonymized. "
+                         f"{advice}".rstrip())
     if not records:
         crops_arr = np.full((1, crop_size, crop_size, 3), PLACEHOLDER_GREY, dtype=np.float32)
         masks_arr = np.zeros((1, crop_size, crop_size), dtype=np.float32)
@@ -260,10 +291,14 @@ def embed_images(analyser: FaceAnalyser, images, threshold: float = 0.5, select:
     return np.stack(rows).astype(np.float32), chosen
 
 
-def embed_aligned(analyser: FaceAnalyser, crops, faceset: FaceSet):
+def embed_aligned(analyser: FaceAnalyser, crops, faceset: FaceSet, identity: str = "per face"):
     """Embeddings of aligned crops from their recorded landmarks, without a second detection.
-    crops [F, S, S, C] in the FaceSet's order (resized crops are fine). Returns [F, 512]; for a
-    placeholder FaceSet (no face anywhere, pass-through mode) one all-zero row: the null identity."""
+    crops [F, S, S, C] in the FaceSet's order (resized crops are fine). identity "per track": every face
+    of a track gets the track's one identity (tracks.track_identities; faces without a track keep
+    their own). Returns [F, 512]; for a placeholder FaceSet (no face anywhere, pass-through mode) one
+    all-zero row: the null identity."""
+    if identity not in tracks.IDENTITY:
+        raise ValueError(f"identity must be one of {tracks.IDENTITY}, not {identity!r}")
     crops = np.asarray(crops, dtype=np.float32)
     if faceset.placeholder:
         return np.zeros((1, 512), dtype=np.float32)
@@ -278,7 +313,11 @@ def embed_aligned(analyser: FaceAnalyser, crops, faceset: FaceSet):
     for crop, record in zip(crops, faceset.faces):
         bgr = to_bgr_uint8(_colour(crop))
         rows.append(analyser.embed(bgr, [record.crop_landmarks(size)])[0])
-    return np.stack(rows).astype(np.float32)
+    rows = np.stack(rows).astype(np.float32)
+    if identity == "per track":
+        rows = tracks.track_identities(rows, [f.track for f in faceset.faces],
+                                       [f.interpolated for f in faceset.faces])
+    return rows
 
 
 def _embed_for_check(analyser: FaceAnalyser, images, faceset: FaceSet | None, threshold: float, what: str,

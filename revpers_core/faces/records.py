@@ -55,7 +55,9 @@ class FaceRecord:
 
     transform is the 2x3 similarity matrix from image pixels to crop pixels (crop = M @ [x, y, 1]);
     crop_size is the side of the square crop it was made for; image_size is (height, width) of the
-    source image; padding and vshift are the template parameters the crop was made with.
+    source image; padding and vshift are the template parameters the crop was made with. For the
+    frames of a clip (Detect and Track Faces), track is the person's track id and interpolated is True
+    when the detector missed the face in this frame and its place was interpolated along the track.
     """
 
     image_index: int
@@ -67,6 +69,8 @@ class FaceRecord:
     image_size: tuple[int, int]
     padding: float
     vshift: float
+    track: int | None = None
+    interpolated: bool = False
 
     def crop_landmarks(self, crop_size: int | None = None) -> np.ndarray:
         """The landmarks in crop pixels, for a crop of `crop_size` (default: the size cut)."""
@@ -123,7 +127,9 @@ class FaceSet:
     marks them visibly. placeholder is True when no image yielded any face, so the crop batch
     holds a single grey placeholder crop (ComfyUI has no empty IMAGE batch) that paste-back
     ignores. skipped lists the detected faces the model does not edit (see SkippedFace); paste-back
-    covers or marks them.
+    covers or marks them. For the frames of a clip: unchanged maps a frame index to why it yielded no
+    face (it is passed through unchanged, not marked, so the clip keeps its frames), and track_notes
+    say which tracks went unseen for longer than tracking interpolates.
     """
 
     faces: list[FaceRecord]
@@ -134,6 +140,8 @@ class FaceSet:
     passed_through: dict[int, str] = field(default_factory=dict)
     placeholder: bool = False
     skipped: list[SkippedFace] = field(default_factory=list)
+    track_notes: list[str] = field(default_factory=list)
+    unchanged: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.faces)
@@ -156,6 +164,16 @@ class FaceSet:
         did not edit ("" when none)."""
         lines = [f"WARNING: image {i} was NOT anonymized: {reason}"
                  for i, reason in sorted(self.passed_through.items())]
+        lines += [f"WARNING: {note}" for note in self.track_notes]
+        if self.unchanged:
+            lines.append(f"NOTE: {len(self.unchanged)} frame(s) without a face detected passed through unchanged: "
+                         f"{_ranges(sorted(self.unchanged))}")
+        filled = [f for f in self.faces if f.interpolated]
+        if filled:
+            lines.append(f"NOTE: {len(filled)} face(s) the detector missed were interpolated along their track "
+                         f"and anonymized:")
+            lines += [f"  image {f.image_index}: track {f.track}, face at ({(f.box[0] + f.box[2]) / 2:.0f}, "
+                      f"{(f.box[1] + f.box[3]) / 2:.0f})" for f in filled]
         left = [f for f in self.skipped if f.action == LEFT]
         if left:
             lines.append(f"WARNING: {len(left)} face(s) left un-anonymized by request:")
@@ -165,3 +183,15 @@ class FaceSet:
             lines.append(f"NOTE: {len(covered)} face(s) too small for the model, covered with a flat fill:")
             lines += [f"  {f.describe()}" for f in covered]
         return "\n".join(lines)
+
+
+def _ranges(indices: list[int]) -> str:
+    """Frame indices as ranges: [0, 1, 2, 5] -> '0-2, 5'."""
+    parts, start = [], None
+    for k, i in enumerate(indices):
+        if start is None:
+            start = i
+        if k + 1 == len(indices) or indices[k + 1] != i + 1:
+            parts.append(str(start) if start == i else f"{start}-{i}")
+            start = None
+    return ", ".join(parts)
