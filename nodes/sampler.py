@@ -3,7 +3,7 @@ import logging
 
 from revpers_core import guarantee
 
-from .common import INVERSION, Progress, category
+from .common import INVERSION, MAX_ROWS_INPUT, Progress, category
 from . import _comfy_model
 
 log = logging.getLogger("revpers")

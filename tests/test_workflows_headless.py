@@ -4,7 +4,7 @@ Each workflow is loaded from workflows/api/ and posted with only these changes:
   * the LoadImage image (an uploaded marker-face picture: the stand-in detector sees nothing else)
     and the checkpoint file name (the stand-in's; the adapter and buffalo_l keep their real names);
   * on a CPU (the default, and CI), for the time budget: RevPersInvert.steps = STEPS instead of 100,
-    and in the photo workflows RevPersDetectAlign.crop_size = CROP instead of 1024, except in
+    and in the photo and video workflows RevPersDetectAlign/DetectTrack.crop_size = CROP instead of 1024, except in
     test_aligned_face_workflow_runs_unchanged, which posts the aligned-face workflow with its 100
     steps (a 64x64 face: ~15 minutes here). Measured on the 2-core CI machine with the full-size
     SDXL stand-in in bf16 (as the quick start runs it): ~4-10 s per step at 64 px (two UNet calls:
@@ -86,8 +86,9 @@ def prepared(name, image, checkpoint, **extra):
     graph = with_inputs(graph, "LoadImage", image=image)
     graph = with_inputs(graph, "CheckpointLoaderSimple", ckpt_name=checkpoint)
     graph = with_inputs(graph, "RevPersInvert", steps=STEPS)
-    if nodes_of(graph, "RevPersDetectAlign"):
-        graph = with_inputs(graph, "RevPersDetectAlign", crop_size=CROP)
+    for detector in ("RevPersDetectAlign", "RevPersDetectTrack"):
+        if nodes_of(graph, detector):
+            graph = with_inputs(graph, detector, crop_size=CROP)
     if ON_GPU:  # posted as shipped: only the picture and the checkpoint name differ
         assert changed_inputs(load_workflow(name), graph) == {"LoadImage.image", "CheckpointLoaderSimple.ckpt_name"}
     for class_type, values in extra.items():
@@ -191,6 +192,57 @@ def test_photo_workflow_runs_and_reuses_on_guidance_change(sdxl_server, standin_
     record("photo", device=server_device(sdxl_server), steps=STEPS, crop=CROP, faces=len(PHOTO_FACES),
            changed=sorted(changed_inputs(load_workflow("anonymize_photo"), graph)), size=list(photo.shape), first_s=t_first,
            guidance_only_s=t_reuse, cached=cached, ran=ran, check=text)
+
+
+def webp_frames(frames, fps=8):
+    """Frames (RGB uint8) -> a lossless animated WebP (what LoadImage reads as one IMAGE batch)."""
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    pictures = [Image.fromarray(f) for f in frames]
+    pictures[0].save(buf, format="WEBP", save_all=True, append_images=pictures[1:], lossless=True,
+                     duration=int(1000 / fps), loop=0)
+    return buf.getvalue()
+
+
+def read_webp_frames(data):
+    import io
+
+    from PIL import Image, ImageSequence
+    with Image.open(io.BytesIO(data)) as im:
+        return [np.array(f.convert("RGB")) for f in ImageSequence.Iterator(im)]
+
+
+def test_video_workflow_keeps_every_frame_and_anonymizes_the_missed_face(sdxl_server, standin_sdxl):
+    """A five-frame clip (animated WebP) of two walking marker faces: B is hidden in frame 2, nobody is in
+    frame 4. The shipped video workflow saves five frames, the faceless one unchanged, and its audit names
+    B's face in frame 2 as interpolated along B's track and anonymized."""
+    width, height = PHOTO_SIZE
+    clip = []
+    for t in range(5):
+        faces = [] if t == 4 else [((55 + 8 * t, 80), 26, 11)] + ([] if t == 2 else [((185 - 8 * t, 76), 24, 22)])
+        clip.append(marker_picture(width, height, faces, seed=t))
+    name = sdxl_server.upload_image(webp_frames(clip), f"clip-{uuid.uuid4().hex[:8]}.webp")
+    graph = prepared("anonymize_video", name, standin_sdxl["checkpoint"],
+                     SaveAnimatedWEBP={"lossless": True})  # lossless, to compare the faceless frame exactly
+    result, seconds = timed_run(sdxl_server, graph)
+    assert result.status == "success", result.message
+    (saved,) = result.images(only(graph, "SaveAnimatedWEBP"))
+    frames = read_webp_frames(sdxl_server.view(saved["filename"], saved.get("subfolder", ""), saved.get("type", "output")))
+    assert len(frames) == 5 and all(f.shape == clip[0].shape for f in frames)
+    assert np.array_equal(frames[4], clip[4])
+    for t in range(4):
+        assert not np.array_equal(frames[t], clip[t])
+    text = check_text(result, graph)
+    interpolated = [line for line in text.splitlines() if "interpolated along track" in line]
+    assert len(interpolated) == 1 and "image 2," in interpolated[0] and "track 1" in interpolated[0], text
+    assert "RESULT: passed" in text
+    from PIL import Image
+    Image.fromarray(np.concatenate([np.concatenate(clip, axis=1), np.concatenate(frames, axis=1)])).save(
+        artifact_dir("workflows") / "video.png")
+    record("video", device=server_device(sdxl_server), steps=STEPS, crop=CROP, frames=5, faces=8, seconds=seconds,
+           changed=sorted(changed_inputs(load_workflow("anonymize_video"), graph)), check=text)
 
 
 def vae_encode_spread(server, checkpoint, rgb, node):
