@@ -559,7 +559,7 @@ def run_anonymize(p, a):
         if missing:
             raise CliError(model_registry.describe_missing(missing), EXIT_MISSING)
 
-    from .api import ComfyClient, ComfyError, PromptRejected, ServerGone
+    from .api import ComfyClient, ComfyError, ServerGone
     from .host import ComfyHost, HostError
 
     host = client = None
