@@ -66,6 +66,19 @@ LAYOUT = """(note) => {
 }"""
 
 
+def without_unlinked_widget_inputs(ui):
+    """Current front ends also list every widget as an input slot; front ends before subgraphs (the 2024
+    floor) take such an entry for a widget converted to an input and lose its value. Unlinked widget
+    slots are left out: every front end makes them again from the node's definition."""
+    for node in ui["nodes"]:
+        inputs = [i for i in node.get("inputs", []) if not ("widget" in i and i.get("link") is None)]
+        if inputs:
+            node["inputs"] = inputs
+        else:
+            node.pop("inputs", None)
+    return ui
+
+
 def main():
     api_dir = REPO / "workflows" / "api"
     sources = sorted(api_dir.glob("*.json"))
@@ -79,7 +92,7 @@ def main():
             # one line per paragraph: the note's text area wraps by itself
             note = "\n\n".join(" ".join(p.split()) for p in note.split("\n\n"))
             page.evaluate("(api) => app.loadApiJson(api)", api)
-            ui = page.evaluate(LAYOUT, note)
+            ui = without_unlinked_widget_inputs(page.evaluate(LAYOUT, note))
             target = REPO / "workflows" / source.name
             target.write_text(json.dumps(ui, indent=1) + "\n")
             # A thumbnail beside it: ComfyUI's template browser shows <name>.jpg for <name>.json
