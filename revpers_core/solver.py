@@ -41,6 +41,16 @@ import numpy as np
 import torch
 
 __all__ = [
+    "MIN_STEPS",
+    "MAX_STEPS",
+    "DEFAULT_STEPS",
+    "SKIP_MIN",
+    "SKIP_MAX",
+    "DEFAULT_SKIP",
+    "MAX_SEED",
+    "check_steps",
+    "check_skip",
+    "check_seed",
     "NoiseSchedule",
     "StepCoefficients",
     "step_coefficients",
@@ -55,6 +65,46 @@ __all__ = [
 # denoise(x_s, step_index) -> m, the guided data prediction at timestep timesteps[step_index]
 Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 OnStep = Callable[[int, int], None]
+
+# The knobs of the inversion and their bounds. Widgets and command-line options take their limits
+# from here, and the check functions below are the one place each rule is enforced.
+MIN_STEPS = 2  # the second-order multistep needs a previous step
+MAX_STEPS = 1000  # no more steps than the training schedule has timesteps
+DEFAULT_STEPS = 100  # the paper's N
+SKIP_MIN = 0.01  # the fraction of the chain left out at the noisy end, strictly inside (0, 1)
+SKIP_MAX = 0.99
+DEFAULT_SKIP = 0.7  # the paper's value: timesteps 299 ... 1
+MAX_SEED = 2 ** 64 - 1  # seeds are unsigned 64-bit integers (what torch.Generator.manual_seed takes)
+
+
+def check_steps(steps) -> int:
+    """The number of solver steps as an int, or ValueError saying the bounds."""
+    if isinstance(steps, bool) or int(steps) != steps:
+        raise ValueError(f"steps must be a whole number (got {steps})")
+    steps = int(steps)
+    if steps < MIN_STEPS:
+        raise ValueError(f"steps must be at least {MIN_STEPS} (got {steps}); the paper uses {DEFAULT_STEPS}")
+    if steps > MAX_STEPS:
+        raise ValueError(f"steps must be at most {MAX_STEPS} (got {steps}); the paper uses {DEFAULT_STEPS}")
+    return steps
+
+
+def check_skip(skip) -> float:
+    """The skipped fraction as a float snapped to 6 decimals, or ValueError saying the bounds. (UI float
+    widgets deliver values such as 0.7000000000000001, which would truncate the first timestep to 298
+    instead of the reference's 299, or fall just outside a bound.)"""
+    skip = round(float(skip), 6)
+    if not SKIP_MIN <= skip <= SKIP_MAX:
+        raise ValueError(f"skip must lie strictly between 0 and 1, from {SKIP_MIN:g} to {SKIP_MAX:g} (got {skip:g}); "
+                         f"the paper uses {DEFAULT_SKIP:g}")
+    return skip
+
+
+def check_seed(seed) -> int:
+    """A seed as an int, or ValueError saying the bounds."""
+    if isinstance(seed, bool) or int(seed) != seed or not 0 <= int(seed) <= MAX_SEED:
+        raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED} (got {seed})")
+    return int(seed)
 
 
 class NoiseSchedule:
@@ -111,13 +161,8 @@ def inversion_timesteps(steps: int, skip: float, num_train_timesteps: int = 1000
     """The discrete timesteps of the inversion, descending: ``linspace(T(1−skip)−1, 1, steps)``
     truncated to integers, as the reference does. ``skip`` is the fraction of the chain left out at
     the noisy end (0.7 keeps timesteps 299 … 1): the larger, the closer the result stays to the input."""
-    if int(steps) != steps or steps < 2:
-        raise ValueError(f"steps must be an integer of at least 2 (got {steps})")
-    if not (0.0 < float(skip) < 1.0):
-        raise ValueError(f"skip must lie strictly between 0 and 1 (got {skip}); 0.7 is the paper's value")
-    # Snap skip to 6 decimals: UI float widgets deliver values such as 0.7000000000000001, which
-    # would truncate the first timestep to 298 instead of the reference's 299.
-    skip = round(float(skip), 6)
+    steps = check_steps(steps)
+    skip = check_skip(skip)  # snapped to 6 decimals
     T = int(num_train_timesteps)
     start = T - skip * T - 1
     if start < 1:

@@ -8,6 +8,7 @@ import torch
 
 from oracle_model import golden, oracle_dir
 from revpers_core import solver
+from revpers_core import solver
 from revpers_core.solver import NoiseSchedule, inversion_timesteps
 
 CASES = ("default", "attribute", "reconstruction")
@@ -47,6 +48,24 @@ def test_timesteps_ignore_ui_float_noise():
 def test_timesteps_reject_bad_settings(steps, skip, match):
     with pytest.raises(ValueError, match=match):
         inversion_timesteps(steps, skip)
+
+
+def test_the_bounds_of_steps_skip_and_seed_are_checked_in_one_place():
+    """solver's constants are the bounds the widgets and the CLI use; each check says them."""
+    assert (solver.check_steps(solver.MIN_STEPS), solver.check_steps(float(solver.MAX_STEPS))) == (2, 1000)
+    for bad, match in ((solver.MIN_STEPS - 1, "at least 2"), (solver.MAX_STEPS + 1, "at most 1000"),
+                       (2.5, "whole number")):
+        with pytest.raises(ValueError, match=match):
+            solver.check_steps(bad)
+    assert solver.check_skip(0.7000000000000001) == 0.7
+    assert solver.check_skip(0.9900000000000001) == solver.SKIP_MAX  # UI float noise at the bound
+    for bad in (0.0, 0.005, 0.995, 1.0):
+        with pytest.raises(ValueError, match="skip must lie strictly between 0 and 1, from 0.01 to 0.99"):
+            solver.check_skip(bad)
+    assert solver.check_seed(solver.MAX_SEED) == 2 ** 64 - 1
+    for bad in (-1, solver.MAX_SEED + 1, 0.5):
+        with pytest.raises(ValueError, match="seed must be a whole number from 0 to"):
+            solver.check_seed(bad)
 
 
 def _eps_denoiser(schedule, timesteps, eps):
