@@ -50,6 +50,7 @@ ARCFACE_SIZE = 112
 
 DEFAULT_CROP_SIZE = 1024
 DEFAULT_PADDING = 0.15
+MAX_PADDING = 1.0
 DEFAULT_VSHIFT = 0.05
 MIN_CROP_SIZE = 64
 MAX_CROP_SIZE = 2048
@@ -75,8 +76,8 @@ def check_crop_size(size: int) -> int:
 
 def check_padding(padding: float) -> float:
     padding = float(padding)
-    if not 0.0 <= padding <= 1.0:
-        raise ValueError(f"padding {padding} is out of range: use 0 (tight face square) to 1")
+    if not 0.0 <= padding <= MAX_PADDING:
+        raise ValueError(f"padding {padding} is out of range: use 0 (tight face square) to {MAX_PADDING:g}")
     return padding
 
 
@@ -131,7 +132,7 @@ def rotation_degrees(matrix: np.ndarray) -> float:
     return math.degrees(math.atan2(matrix[1, 0], matrix[0, 0]))
 
 
-def _footprint_roi(inverse: np.ndarray, size: int, height: int, width: int, margin: int):
+def footprint_roi(inverse: np.ndarray, size: int, height: int, width: int, margin: int):
     """Bounding box (x0, y0, x1, y1) in the image of the crop square mapped back by `inverse`,
     grown by `margin` and clipped to the image; None if it misses the image."""
     corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], dtype=np.float64) - 0.5
@@ -160,7 +161,7 @@ def warp_to_crop(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray
     while scale * (2 ** levels) < 0.5:
         levels += 1
     margin = 8 * (2 ** levels) + 8
-    roi = _footprint_roi(invert_affine(matrix), size, height, width, margin)
+    roi = footprint_roi(invert_affine(matrix), size, height, width, margin)
     m = matrix.astype(np.float64).copy()
     if roi is not None:
         x0, y0, x1, y1 = roi
@@ -212,11 +213,11 @@ def arcface_crop(image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     return cv2.warpAffine(image_bgr, matrix, (ARCFACE_SIZE, ARCFACE_SIZE), borderValue=0.0)
 
 
-def face_mask(size: int, padding: float = DEFAULT_PADDING, vshift: float = DEFAULT_VSHIFT,
+def face_mask(size: int, padding: float = DEFAULT_PADDING,
               semi_axes: tuple[float, float] = MASK_SEMI_AXES) -> np.ndarray:
     """The face region of a crop (size x size float32, 1 inside, 0 outside): an ellipse centred on
-    the (moved) face square with semi-axes `semi_axes` x F, clipped to the crop."""
-    del vshift  # the moved face square is centred in the crop whatever the shift
+    the moved face square (centred in the crop whatever the shift) with semi-axes `semi_axes` x F,
+    clipped to the crop."""
     face = size / (1.0 + 2.0 * padding)
     ax, ay = semi_axes[0] * face, semi_axes[1] * face
     coords = np.arange(size, dtype=np.float64) - size / 2.0

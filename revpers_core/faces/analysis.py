@@ -34,6 +34,7 @@ BUFFALO_L_REQUIRED = ("det_10g.onnx", "w600k_r50.onnx")
 
 PROVIDERS = ("auto", "CPU", "CUDA")
 DEFAULT_DET_SIZE = 640
+MIN_DET_SIZE, MAX_DET_SIZE, DET_SIZE_STEP = 160, 2048, 32
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -123,27 +124,10 @@ def resolve_providers(provider: str):
 
 def check_det_size(det_size: int) -> int:
     det_size = int(det_size)
-    if det_size < 160 or det_size > 2048 or det_size % 32:
-        raise ValueError(f"detection size {det_size} is not supported: use a multiple of 32 from 160 to 2048")
+    if det_size < MIN_DET_SIZE or det_size > MAX_DET_SIZE or det_size % DET_SIZE_STEP:
+        raise ValueError(f"detection size {det_size} is not supported: use a multiple of {DET_SIZE_STEP} from "
+                         f"{MIN_DET_SIZE} to {MAX_DET_SIZE}")
     return det_size
-
-
-def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
-    """An RGB(A)/grey float image in 0..1 (HxWxC) as the BGR uint8 picture InsightFace expects.
-    Alpha is ignored (faces are looked for in the colour channels)."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[:, :, None]
-    channels = image.shape[2]
-    if channels == 1:
-        image = np.repeat(image, 3, axis=2)
-    elif channels == 4:
-        image = image[:, :, :3]
-    elif channels != 3:
-        raise ValueError(f"images with {channels} channels are not supported (use 1, 3 or 4)")
-    if image.dtype != np.uint8:
-        image = (np.clip(image.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return np.ascontiguousarray(image[:, :, ::-1])
 
 
 class FaceAnalyser:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .pixels import to_bgr_uint8
 from .records import COVERED, LEFT, Detection, FaceSet
 
 MATCH_IOU = 0.3  # boxes overlapping at least this much are the same face
@@ -236,8 +237,6 @@ class Auditor:
     notes: list[str] = field(default_factory=list)
 
     def find(self, image: np.ndarray, image_index: int) -> list[Seen]:
-        from .analysis import to_bgr_uint8
-
         faces = [] if self.analyser is None else \
             merge([], self.analyser.detect(to_bgr_uint8(image), self.detect_threshold), image_index, "SCRFD")
         if self.dlib_detector is not None:

@@ -24,12 +24,18 @@ import math
 import cv2
 import numpy as np
 
-from .align import invert_affine, transform_points, transform_scale
+from .align import footprint_roi, invert_affine, transform_scale
+from .pixels import colour_channels
 
 DEFAULT_FEATHER = 0.05  # of the crop side: 51 px at 1024
+MAX_FEATHER = 0.5
 
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
+def check_feather(feather: float) -> float:
+    feather = float(feather)
+    if not 0.0 <= feather <= MAX_FEATHER:
+        raise ValueError(f"feather {feather} is out of range: use 0 (hard edge) to {MAX_FEATHER} of the crop side")
+    return feather
 
 def feathered_alpha(mask: np.ndarray, feather_px: float) -> np.ndarray:
     """Blend weights in crop space from a face mask (SxS, values in 0..1)."""
@@ -45,37 +51,12 @@ def feathered_alpha(mask: np.ndarray, feather_px: float) -> np.ndarray:
     return (mask * ramp).astype(np.float32)
 
 
-def _to_channels(crop: np.ndarray, channels: int) -> np.ndarray:
-    """An RGB crop in the channel layout of the photo (grey: luma; RGBA: colour channels only)."""
-    if crop.ndim == 2:
-        crop = crop[:, :, None]
-    if crop.shape[2] == channels or (channels == 4 and crop.shape[2] == 3):
-        return crop
-    if channels == 1 and crop.shape[2] == 3:
-        return (crop @ LUMA)[:, :, None].astype(np.float32)
-    if crop.shape[2] == 1 and channels in (3, 4):
-        return np.repeat(crop, 3, axis=2)
-    raise ValueError(f"cannot paste a {crop.shape[2]}-channel crop into a {channels}-channel image")
-
-
-def _paste_roi(matrix: np.ndarray, size: int, height: int, width: int):
-    corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], dtype=np.float64) - 0.5
-    pts = transform_points(corners, invert_affine(matrix))
-    x0 = max(int(math.floor(pts[:, 0].min())) - 2, 0)
-    y0 = max(int(math.floor(pts[:, 1].min())) - 2, 0)
-    x1 = min(int(math.ceil(pts[:, 0].max())) + 3, width)
-    y1 = min(int(math.ceil(pts[:, 1].max())) + 3, height)
-    if x1 <= x0 or y1 <= y0:
-        return None
-    return x0, y0, x1, y1
-
-
 def warp_to_image(crop: np.ndarray, alpha: np.ndarray, matrix: np.ndarray, height: int, width: int):
     """Map one crop and its blend weights into the photo. Returns (roi, crop_part, alpha_part)
     where roi = (x0, y0, x1, y1) is the photo window they cover, or None if the crop misses it.
     `matrix` is the image->crop transform for this crop's size."""
     size = crop.shape[0]
-    roi = _paste_roi(matrix, size, height, width)
+    roi = footprint_roi(invert_affine(matrix), size, height, width, margin=2)
     if roi is None:
         return None
     x0, y0, x1, y1 = roi
@@ -120,7 +101,7 @@ def paste_faces(image: np.ndarray, pieces) -> tuple[np.ndarray, np.ndarray]:
     colour = 1 if channels == 1 else 3
     warped = []
     for crop, alpha, matrix in pieces:
-        crop = _to_channels(np.asarray(crop, dtype=np.float32), channels)[:, :, :colour]
+        crop = colour_channels(np.asarray(crop, dtype=np.float32), colour)  # the photo's layout, alpha kept apart
         got = warp_to_image(crop, np.asarray(alpha, dtype=np.float32), matrix, height, width)
         if got is not None:
             warped.append(got)

@@ -15,8 +15,10 @@ import numpy as np
 
 from .align import (DEFAULT_CROP_SIZE, DEFAULT_PADDING, DEFAULT_VSHIFT, align_face, check_crop_size,
                     check_padding, face_mask)
-from .analysis import FaceAnalyser, largest, reading_order, split_faces, to_bgr_uint8
-from .paste import DEFAULT_FEATHER, cover_faces, feathered_alpha, mark_left_faces, mark_not_anonymized, paste_faces
+from .analysis import FaceAnalyser, largest, reading_order, split_faces
+from .paste import (DEFAULT_FEATHER, check_feather, cover_faces, feathered_alpha, mark_left_faces, mark_not_anonymized,
+                    paste_faces)
+from .pixels import colour_channels, to_bgr_uint8
 from . import tracks
 from .records import COVERED, LEFT, FaceRecord, FaceSet, SkippedFace
 from .tracks import TrackSettings
@@ -32,19 +34,16 @@ BEYOND_MAX_FACES = ("error", "leave visible (marked)")
 PLACEHOLDER_GREY = 0.5
 
 
-def _colour(image: np.ndarray) -> np.ndarray:
-    """The RGB part of a photo as float32 HxWx3 (grey is repeated, alpha dropped)."""
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim == 2:
-        image = image[:, :, None]
-    c = image.shape[2]
-    if c == 1:
-        return np.repeat(image, 3, axis=2)
-    if c == 4:
-        return image[:, :, :3]
-    if c != 3:
-        raise ValueError(f"images with {c} channels are not supported (use 1, 3 or 4)")
-    return image
+def _bgr(image: np.ndarray) -> np.ndarray:
+    """A float picture of the batch as InsightFace's BGR uint8."""
+    return to_bgr_uint8(np.asarray(image, dtype=np.float32))
+
+
+def _check_alignment(crop_size: int, padding: float, on_no_face: str):
+    """The alignment settings checked once, where a run starts: (crop_size, padding)."""
+    if on_no_face not in ON_NO_FACE_IN_FRAME:
+        raise ValueError(f"on_no_face must be one of {ON_NO_FACE_IN_FRAME}, not {on_no_face!r}")
+    return check_crop_size(crop_size), check_padding(padding)
 
 
 def _no_face_advice(threshold: float, det_size: int, min_size: float) -> str:
@@ -92,10 +91,7 @@ def detect_and_align(analyser: FaceAnalyser, images, crop_size: int = DEFAULT_CR
 
     Returns (FaceSet, crops [F, S, S, 3] float32, masks [F, S, S] float32); see align_detections.
     """
-    check_crop_size(crop_size)
-    check_padding(padding)
-    if on_no_face not in ON_NO_FACE_IN_FRAME:
-        raise ValueError(f"on_no_face must be one of {ON_NO_FACE_IN_FRAME}, not {on_no_face!r}")
+    crop_size, padding = _check_alignment(crop_size, padding, on_no_face)
     if on_no_face == FRAME_UNCHANGED and tracking is None:
         raise ValueError(f"on_no_face {FRAME_UNCHANGED!r} is for the frames of a clip (Detect and Track Faces); "
                          f"for photos use one of {ON_NO_FACE}")
@@ -107,7 +103,7 @@ def detect_and_align(analyser: FaceAnalyser, images, crop_size: int = DEFAULT_CR
     for index, image in enumerate(images):
         if on_step is not None:
             on_step(index, len(images))
-        bgr = to_bgr_uint8(_colour(image))
+        bgr = _bgr(image)
         detected.append(analyser.detect(bgr, threshold))
         if tracking is not None:
             embeddings.append(analyser.embed(bgr, [d.landmarks for d in detected[-1]]))
@@ -123,8 +119,7 @@ def detect_and_align(analyser: FaceAnalyser, images, crop_size: int = DEFAULT_CR
     if on_step is not None:
         on_step(len(images), len(images))
     advice = _no_face_advice(threshold, analyser.det_size, min_size)
-    return align_detections(images, found, crop_size, padding, vshift, expected_faces, on_no_face, advice,
-                            skipped=skipped, track_notes=notes)
+    return _align(images, found, crop_size, padding, vshift, expected_faces, on_no_face, advice, skipped, notes)
 
 
 def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, padding: float = DEFAULT_PADDING,
@@ -139,10 +134,14 @@ def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, pad
     placeholder with an empty mask and FaceSet.placeholder is True.
     Returns (FaceSet, crops [F, S, S, 3] float32, masks [F, S, S] float32).
     """
-    crop_size = check_crop_size(crop_size)
-    padding = check_padding(padding)
-    if on_no_face not in ON_NO_FACE_IN_FRAME:
-        raise ValueError(f"on_no_face must be one of {ON_NO_FACE_IN_FRAME}, not {on_no_face!r}")
+    crop_size, padding = _check_alignment(crop_size, padding, on_no_face)
+    return _align(images, detections, crop_size, padding, vshift, expected_faces, on_no_face, advice, skipped,
+                  track_notes)
+
+
+def _align(images, detections, crop_size, padding, vshift, expected_faces, on_no_face, advice, skipped,
+           track_notes):
+    """align_detections on checked settings (also the last part of detect_and_align)."""
     images = list(images)
     if not images:
         raise ValueError("no images were given")
@@ -152,7 +151,7 @@ def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, pad
     skipped = list(skipped)
     sizes, records, crops, passed, unchanged = [], [], [], {}, {}
     for index, (image, found) in enumerate(zip(images, detections)):
-        rgb = _colour(image)
+        rgb = colour_channels(np.asarray(image, dtype=np.float32), 3)
         height, width = rgb.shape[:2]
         sizes.append((height, width))
         count = len(found) + sum(1 for f in skipped if f.image_index == index)
@@ -189,7 +188,7 @@ def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, pad
         masks_arr = np.zeros((1, crop_size, crop_size), dtype=np.float32)
     else:
         crops_arr = np.stack(crops).astype(np.float32)
-        masks_arr = np.repeat(face_mask(crop_size, padding, vshift)[None], len(records), axis=0)
+        masks_arr = np.repeat(face_mask(crop_size, padding)[None], len(records), axis=0)
     return faceset, crops_arr, masks_arr
 
 
@@ -211,8 +210,7 @@ def paste_back(images, crops, faceset: FaceSet, masks=None, feather: float = DEF
         if im.shape[:2] != (h, w):
             raise ValueError(f"image {i} is {im.shape[1]}x{im.shape[0]} but its faces were found in a "
                              f"{w}x{h} image: connect the same images that went into detection")
-    if not 0.0 <= feather <= 0.5:
-        raise ValueError(f"feather {feather} is out of range: use 0 (hard edge) to 0.5 of the crop side")
+    feather = check_feather(feather)
     crops = np.asarray(crops, dtype=np.float32)
     if crops.ndim != 4:
         raise ValueError(f"crops must be a batch [F, S, S, C], got shape {crops.shape}")
@@ -238,7 +236,7 @@ def paste_back(images, crops, faceset: FaceSet, masks=None, feather: float = DEF
         for k in faceset.faces_of(index):
             if masks is None:
                 if default_alpha is None:
-                    mask = face_mask(size, faceset.padding, faceset.vshift)
+                    mask = face_mask(size, faceset.padding)
                     default_alpha = feathered_alpha(mask, feather * size)
                 alpha = default_alpha
             else:
@@ -270,7 +268,7 @@ def embed_images(analyser: FaceAnalyser, images, threshold: float = 0.5, select:
     """
     rows, chosen = [], []
     for index, image in enumerate(images):
-        bgr = to_bgr_uint8(_colour(image))
+        bgr = _bgr(image)
         found = analyser.detect(bgr, threshold)
         if not found:
             h, w = bgr.shape[:2]
@@ -311,7 +309,7 @@ def embed_aligned(analyser: FaceAnalyser, crops, faceset: FaceSet, identity: str
     size = crops.shape[1]
     rows = []
     for crop, record in zip(crops, faceset.faces):
-        bgr = to_bgr_uint8(_colour(crop))
+        bgr = _bgr(crop)
         rows.append(analyser.embed(bgr, [record.crop_landmarks(size)])[0])
     rows = np.stack(rows).astype(np.float32)
     if identity == "per track":
@@ -330,7 +328,7 @@ def _embed_for_check(analyser: FaceAnalyser, images, faceset: FaceSet | None, th
         return embed_aligned(analyser, np.stack(images), faceset), {}, [None] * len(images)
     rows, missing, used = [], {}, []
     for index, image in enumerate(images):
-        bgr = to_bgr_uint8(_colour(image))
+        bgr = _bgr(image)
         points = landmarks[index] if landmarks is not None else None
         if points is None:
             found = analyser.detect(bgr, threshold)

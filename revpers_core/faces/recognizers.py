@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .analysis import to_bgr_uint8
+from .pixels import to_bgr_uint8, to_rgb_uint8
 from .records import Detection
 
 ARCFACE_DEFAULT, ARCFACE_BOUNDS = 0.30, (0.10, 0.50)
@@ -46,11 +46,6 @@ def check_threshold(value: float, bounds: tuple[float, float], what: str) -> flo
                          f"audit could not tell a person from a stranger (to save images that fail the "
                          f"audit, choose that explicitly with the audit's on_fail setting instead)")
     return value
-
-
-def _rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """An HxWxC float image in 0..1 (C = 1, 3 or 4) as contiguous RGB uint8 (alpha dropped)."""
-    return np.ascontiguousarray(to_bgr_uint8(image)[:, :, ::-1])
 
 
 class ArcFace:
@@ -150,7 +145,7 @@ class DlibHOG:
         self.min_score = float(min_score)
 
     def detect(self, image: np.ndarray) -> list[Detection]:
-        rgb = _rgb_uint8(image)
+        rgb = to_rgb_uint8(image)
         with _DLIB_LOCK:
             rects, scores, _ = self.models.detector.run(rgb, self.upsample, self.min_score)
             shapes = [self.models.landmarks(rgb, r) for r in rects]
@@ -175,7 +170,7 @@ class Dlib:
         return f"dlib ResNet (128-d), Euclidean distance, same person at <= {self.threshold:.2f}"
 
     def descriptors(self, image: np.ndarray, faces: list[Detection]) -> np.ndarray:
-        rgb = _rgb_uint8(image)
+        rgb = to_rgb_uint8(image)
         rows = []
         with _DLIB_LOCK:
             for face in faces:

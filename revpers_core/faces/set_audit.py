@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import audit, recognizers
+from .pixels import to_rgb_uint8
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -76,7 +77,7 @@ def landmark_deviation(original: np.ndarray, final: np.ndarray, box) -> float | 
     rect = recognizers._rectangle(box)
     points = []
     for image in (original, final):
-        rgb = recognizers._rgb_uint8(image)
+        rgb = to_rgb_uint8(image)
         with recognizers._DLIB_LOCK:
             shape = models.landmarks(rgb, rect)
         points.append(np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)], np.float64))

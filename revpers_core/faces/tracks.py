@@ -23,6 +23,7 @@ from .audit import box_iou
 from .records import Detection
 
 DEFAULT_MAX_GAP = 8
+MAX_GAP = 1000
 DEFAULT_MIN_IOU = 0.3
 DEFAULT_MIN_SIMILARITY = 0.5
 IDENTITY = ("per track", "per face")  # one identity per person, or each face its own (the photo mode)
@@ -44,8 +45,8 @@ class TrackSettings:
     min_similarity: float = DEFAULT_MIN_SIMILARITY
 
     def __post_init__(self):
-        if not 0 <= int(self.max_gap) <= 1000:
-            raise ValueError(f"max_gap {self.max_gap} is out of range: use 0 (never interpolate) to 1000 frames")
+        if not 0 <= int(self.max_gap) <= MAX_GAP:
+            raise ValueError(f"max_gap {self.max_gap} is out of range: use 0 (never interpolate) to {MAX_GAP} frames")
         if not 0.0 < float(self.min_iou) <= 1.0:
             raise ValueError(f"min_iou {self.min_iou} is out of range: use more than 0 and at most 1")
         if not -1.0 <= float(self.min_similarity) <= 1.0:
