@@ -247,11 +247,11 @@ def test_node_loader_and_embedding_in_process(nodes, tmp_path):
     (again,) = loader().load("buffalo_l", "CPU", 640, 0.4)
     assert again.analyser is bound.analyser  # cached: no ONNX reload
     image = torch.from_numpy(np.stack(photo_batch(marker_photo(), marker_photo()[:, ::-1].copy())))
-    embed = nodes.face_analysis.RevPersArcFaceEmbedding()
+    embed = nodes.embedding.RevPersArcFaceEmbedding()
     (rows,) = embed.embed(bound, image, "largest")
     assert rows.dtype == torch.float32 and tuple(rows.shape) == (2, 512)
     assert torch.allclose(rows.norm(dim=1), torch.ones(2), atol=1e-5)
-    crops, faces, masks, warning = nodes.face_geometry.RevPersDetectAlign().detect(
+    crops, faces, masks, warning = nodes.detect_align.RevPersDetectAlign().detect(
         bound, image, 512, 0.15, 0.0, 20, 0, 0, "error")
     (per_face,) = embed.embed(bound, crops, "largest", faces)
     assert tuple(per_face.shape) == (6, 512) and warning == ""
@@ -289,8 +289,8 @@ def test_node_contracts(comfy_inprocess):
 
 def test_tiny_huge_grey_and_rgba_images_through_the_nodes(nodes):
     (bound,) = nodes.face_analysis.RevPersFaceAnalysisLoader().load("buffalo_l", "CPU", 640, 0.5)
-    detect = nodes.face_geometry.RevPersDetectAlign()
-    paste = nodes.face_geometry.RevPersPasteBack()
+    detect = nodes.detect_align.RevPersDetectAlign()
+    paste = nodes.paste_back.RevPersPasteBack()
     figures = {}
     # tiny (60x60, one face filling most of it) and huge (4800x2700, over 4K) photos
     scale = 5

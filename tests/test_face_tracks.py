@@ -197,7 +197,7 @@ def test_the_model_receives_one_identity_and_modulation_per_person(comfy_inproce
     per_face /= np.linalg.norm(per_face, axis=1, keepdims=True)
     track_ids, interpolated = [0, 0, 1, 0], [False, True, False, False]
     rows = tracks.track_identities(per_face, track_ids, interpolated)
-    embedding = pack.nodes.attributes.RevPersModulateIdentity().modulate(
+    embedding = pack.nodes.modulation.RevPersModulateIdentity().modulate(
         torch.from_numpy(rows), 30.0, False, 1.0, 5)[0]
     with torch.inference_mode():
         base = om.tiny_sdxl()

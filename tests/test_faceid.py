@@ -1,5 +1,5 @@
 """revpers_core.faceid (loading, validation, projection, LoRA deltas, layer mapping onto ComfyUI UNets)
-and revpers_core.identity (embedding modulation)."""
+and revpers_core.modulation (embedding modulation)."""
 import math
 import os
 import pickle
@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from oracle_model import adapter_path, golden
 from revpers_core.faceid import (AdapterMismatch, FaceIDAdapter, faceid_adapter_from_state_dict,
                                  load_faceid_adapter)
-from revpers_core.identity import modulate_identity
+from revpers_core.modulation import modulate_identity
 from revpers_core.standins.faceid import faceid_layout
 
 

@@ -1,5 +1,5 @@
-"""Identity-embedding modulation: rotate, flip and scale ArcFace embeddings before they condition
-the identity branch.
+"""Attribute modulation, on the identity side: rotate, flip and scale ArcFace embeddings before they
+condition the identity branch (the attribute text itself is a conditioning, encoded by the node).
 
 The paper's reference samples, per face, a random direction orthogonal to the embedding e and rotates
 e towards it by an angle drawn uniformly from [0, max_angle] degrees (magnitude kept), optionally after
@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["modulate_identity", "rotate_within_angle"]
+__all__ = ["MAX_ANGLE", "modulate_identity", "rotate_within_angle"]
+
+MAX_ANGLE = 180.0  # degrees: beyond it a rotation comes round again
 
 
 def rotate_within_angle(e: np.ndarray, max_angle_deg: float, rng: np.random.RandomState) -> np.ndarray:
@@ -36,8 +38,8 @@ def modulate_identity(embeddings: torch.Tensor, max_angle: float = 0.0, opposite
     e = torch.as_tensor(embeddings)
     if e.ndim != 2:
         raise ValueError(f"identity embeddings must be [faces, dims] (got shape {tuple(e.shape)})")
-    if not (0.0 <= float(max_angle) <= 180.0):
-        raise ValueError(f"max_angle must be between 0 and 180 degrees (got {max_angle})")
+    if not (0.0 <= float(max_angle) <= MAX_ANGLE):
+        raise ValueError(f"max_angle must be between 0 and {MAX_ANGLE:g} degrees (got {max_angle})")
     # Same dtypes as the reference: the embedding stays float32 until the rotation promotes it to float64.
     rows = e.detach().to(device="cpu", dtype=torch.float32)
     if opposite:

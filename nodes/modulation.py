@@ -1,7 +1,7 @@
 """Attribute modulation: the text the anonymized face is pulled toward, and identity-embedding modulation."""
 import torch
 
-from revpers_core.identity import modulate_identity
+from revpers_core import modulation, solver
 
 from .common import EMBEDDING, category
 
@@ -56,7 +56,7 @@ class RevPersModulateIdentity:
             "required": {
                 "embedding": (EMBEDDING, {"tooltip": "Identity embeddings, one row per face."}),
                 "max_angle": ("FLOAT", {
-                    "default": 0.0, "min": 0.0, "max": 180.0, "step": 1.0,
+                    "default": 0.0, "min": 0.0, "max": modulation.MAX_ANGLE, "step": 1.0,
                     "tooltip": "Largest rotation in degrees; the angle is drawn uniformly in [0, max_angle]. 0 = no "
                                "rotation."}),
                 "opposite": ("BOOLEAN", {"default": False,
@@ -65,7 +65,7 @@ class RevPersModulateIdentity:
                     "default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
                     "tooltip": "Factor applied to the (rotated) embedding; the reference's id_emb_scale."}),
                 "seed": ("INT", {
-                    "default": 0, "min": 0, "max": 0xffffffffffffffff,
+                    "default": 0, "min": 0, "max": solver.MAX_SEED,
                     "tooltip": "Seed of the random angle and direction (the same for every face, as the "
                                "reference seeds each face alike); used modulo 2^32."}),
             }
@@ -78,7 +78,7 @@ class RevPersModulateIdentity:
     CATEGORY = category("Attributes")
 
     def modulate(self, embedding, max_angle, opposite, id_emb_scale, seed):
-        return (modulate_identity(embedding, float(max_angle), bool(opposite), float(id_emb_scale), int(seed)),)
+        return (modulation.modulate_identity(embedding, float(max_angle), bool(opposite), float(id_emb_scale), int(seed)),)
 
 
 NODE_CLASS_MAPPINGS = {

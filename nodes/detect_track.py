@@ -2,7 +2,7 @@
 from revpers_core.faces import pipeline, tracks
 
 from .common import category
-from .face_geometry import RevPersDetectAlign, detect_faces
+from .detect_align import RevPersDetectAlign, detect_faces
 
 
 class RevPersDetectTrack(RevPersDetectAlign):
@@ -30,7 +30,7 @@ class RevPersDetectTrack(RevPersDetectAlign):
                        "ANONYMIZED. With the default, a clip with no face in any frame stops."})
         types["optional"].update({
             "max_gap": ("INT", {
-                "default": tracks.DEFAULT_MAX_GAP, "min": 0, "max": 1000,
+                "default": tracks.DEFAULT_MAX_GAP, "min": 0, "max": tracks.MAX_GAP,
                 "tooltip": "Longest run of frames in which a tracked face may go undetected and still be "
                            "anonymized there (its place interpolated). 0 = never interpolate. Longer gaps are "
                            "reported, not guessed."}),
