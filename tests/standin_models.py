@@ -27,8 +27,7 @@ from PIL import Image
 from harness import watch_test_log  # noqa: E402
 from paths import ARTIFACTS, HOST, REPO
 
-sys.path.insert(0, str(REPO / "scripts"))
-import standins  # noqa: E402  (scripts/standins.py)
+from revpers_core import standins
 
 SEED = 0
 QUICKSTART_MODELS = Path(os.environ.get("REVPERS_STANDIN_MODELS") or REPO / ".host" / "standin-models")

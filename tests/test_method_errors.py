@@ -1,13 +1,12 @@
 """Bad input to the method's nodes gives a clear error, in-process and through the running server (which
 keeps answering afterwards)."""
 import shutil
-import sys
 
 import pytest
 import torch
 
 import oracle_model as om
-from paths import REPO
+from revpers_core import standins
 from revpers_core.faceid import AdapterMismatch, load_faceid_adapter
 from revpers_core.standins.faceid import make_faceid_state_dict
 
@@ -108,19 +107,11 @@ def test_identity_patch_applied_twice(pack, tiny):
 
 # -- through the running server ---------------------------------------------------------------
 
-def _standins():
-    sys.path.insert(0, str(REPO / "scripts"))
-    import standins  # scripts/standins.py
-
-    return standins
-
-
 @pytest.fixture(scope="module")
 def server_models(request):
     """An SD1.5 stand-in checkpoint and SD1.5 FaceID stand-in in the server's models folder (generated once,
     kept between sessions), plus the oracle adapter and broken adapters."""
     server = request.getfixturevalue("_server_session")
-    standins = _standins()
     ckpt = standins.generate_checkpoint(server.models_dir, "sd15", seed=0, log=lambda *a: None)
     faceid = standins.generate_faceid(server.models_dir, "sd15", seed=0, log=lambda *a: None)
     folder = server.models_dir / "ipadapter"

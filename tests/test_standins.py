@@ -1,8 +1,9 @@
 """Stand-in model files: the FaceID .bin against diffusers' own IP-Adapter-FaceID loaders on the real
 SDXL / SD1.5 UNet architectures, the streamed safetensors writer against the safetensors library,
 determinism and idempotency, and the checkpoints through ComfyUI's own loader (SDXL behind `sdxl`)."""
-import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import pytest
 import torch
 
 from paths import REPO
+from revpers_core import standins
 from revpers_core.standins import faceid
-
-sys.path.insert(0, str(REPO / "scripts"))
-import standins  # noqa: E402  (scripts/standins.py)
+from revpers_core.standins.__main__ import main as standins_main
+from revpers_core.standins.checkpoint import write_safetensors_streamed
+from revpers_core.standins.values import checkpoint_value
 
 # The real files' published sizes (h94/IP-Adapter-FaceID): the stand-in must come within the
 # container's overhead of them.
@@ -132,12 +134,12 @@ def test_streamed_safetensors_reads_back_with_the_library(tmp_path):
     made = {}
 
     def make(key, like):
-        t = like if like.device.type != "meta" else standins.standin_value(1, key, like.shape)
+        t = like if like.device.type != "meta" else checkpoint_value(1, key, like.shape)
         made[key] = t
         return t
 
     path = tmp_path / "x.safetensors"
-    size = standins.write_safetensors_streamed(path, layout, make, metadata={"k": "v"})
+    size = write_safetensors_streamed(path, layout, make, metadata={"k": "v"})
     assert size == path.stat().st_size
     back = load_file(path)
     assert set(back) == set(layout)
@@ -149,11 +151,11 @@ def test_streamed_safetensors_reads_back_with_the_library(tmp_path):
 
 
 def test_values_are_finite_and_scaled(tmp_path):
-    w = standins.standin_value(0, "x.proj.weight", (640, 2048))
+    w = checkpoint_value(0, "x.proj.weight", (640, 2048))
     assert abs(float(w.std()) - 2048 ** -0.5) < 0.1 * 2048 ** -0.5
-    assert torch.equal(standins.standin_value(0, "x.norm1.weight", (320,)), torch.ones(320))
-    assert torch.equal(standins.standin_value(0, "x.proj.weight", (4, 4)), standins.standin_value(0, "x.proj.weight", (4, 4)))
-    assert not torch.equal(standins.standin_value(0, "x.proj.weight", (4, 4)), standins.standin_value(1, "x.proj.weight", (4, 4)))
+    assert torch.equal(checkpoint_value(0, "x.norm1.weight", (320,)), torch.ones(320))
+    assert torch.equal(checkpoint_value(0, "x.proj.weight", (4, 4)), checkpoint_value(0, "x.proj.weight", (4, 4)))
+    assert not torch.equal(checkpoint_value(0, "x.proj.weight", (4, 4)), checkpoint_value(1, "x.proj.weight", (4, 4)))
 
 
 def test_generation_is_idempotent_and_follows_the_seed(tmp_path):
@@ -176,9 +178,26 @@ def test_generation_is_idempotent_and_follows_the_seed(tmp_path):
 
 def test_cli_requires_a_choice(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        standins.main(["--models", str(tmp_path)])
+        standins_main(["--models", str(tmp_path)])
     assert e.value.code == 2
     assert "choose what to generate" in capsys.readouterr().err
+
+
+def test_the_package_and_the_script_generate_the_same_files(tmp_path):
+    """`python -m revpers_core.standins` (what an installed pack has) and scripts/standins.py (its
+    command-line wrapper in a checkout) write the same files; a second run keeps them."""
+    outputs = {}
+    for name, cmd in (("package", [sys.executable, "-m", "revpers_core.standins"]),
+                      ("script", [sys.executable, str(REPO / "scripts" / "standins.py")])):
+        models = tmp_path / name
+        for _ in range(2):
+            run = subprocess.run(cmd + ["--models", str(models), "--buffalo"], cwd=tmp_path, capture_output=True,
+                                 text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+            assert run.returncode == 0, run.stderr
+        assert "kept" in run.stdout
+        folder = models / standins.BUFFALO_DIR
+        outputs[name] = {p.name: p.read_bytes() for p in folder.glob("*.onnx")}
+    assert len(outputs["package"]) == 5 and outputs["package"] == outputs["script"]
 
 
 def _check_checkpoint(arch, expected_keys, expected_class):
@@ -209,8 +228,6 @@ def test_sdxl_checkpoint_is_detected_and_runs_finite():
     print(report)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("revpers_core.standins.buffalo_l") is None,
-                    reason="revpers_core/standins/buffalo_l.py (the buffalo_l stand-in generator) is not there yet")
 def test_buffalo_standins_are_generated_once(tmp_path):
     folder = standins.generate_buffalo(tmp_path, seed=0, log=lambda s: None)
     names = sorted(p.name for p in folder.glob("*.onnx"))

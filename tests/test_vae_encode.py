@@ -4,22 +4,19 @@ regularizer does not sample: ComfyUI 0.3.6x and later), the two give identical l
 description says the core node is enough; where it samples (the 2024 floor), two encodes of the same
 picture differ and only ours repeats. The feature check the description relies on is held to what
 the host's node actually does."""
-import sys
 
 import torch
-
-from paths import REPO
 
 
 def standin_vae():
     import comfy.ldm.models.autoencoder
     import comfy.sd
 
-    sys.path.insert(0, str(REPO / "scripts"))
-    import standins
+    from revpers_core.standins.checkpoint import VAE_DDCONFIG
+    from revpers_core.standins.values import checkpoint_value
 
-    ae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dict(standins.VAE_DDCONFIG), embed_dim=4)
-    sd = {key: standins.standin_value(0, key, value.shape) for key, value in ae.state_dict().items()}
+    ae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dict(VAE_DDCONFIG), embed_dim=4)
+    sd = {key: checkpoint_value(0, key, value.shape) for key, value in ae.state_dict().items()}
     return comfy.sd.VAE(sd=sd)
 
 

@@ -187,13 +187,10 @@ def test_a_nodes_report_shows_on_the_node_and_a_failure_paints_it_red(page, fron
     """web/revpers.js: a run queued from the page; the audit (a photo compared with itself, saved
     marked by choice) puts its report in a text box on the node and turns the node red. The box is
     never part of the prompt."""
-    import sys
-
     import numpy as np
     from PIL import Image
 
-    sys.path.insert(0, str(REPO / "scripts"))
-    import standins
+    from revpers_core import standins
     from revpers_core.standins.buffalo_l import draw_marker_face
 
     standins.generate_buffalo(comfy_server.models_dir, seed=0, log=lambda s: None)

@@ -19,11 +19,13 @@ the published training code (tencent-ailab/IP-Adapter, `ip_adapter_faceid.py` an
 The SD1.5 file's size (96,740,574 bytes) matches this layout at rank 128 in float16 (96,709,632 bytes
 of tensors plus the container), which is how the rank and dtype were checked.
 """
-import hashlib
 import os
 from collections import OrderedDict
 
 import torch
+
+from .store import write_atomic
+from .values import seeded_normal
 
 __all__ = ["ARCHS", "faceid_layout", "processor_names", "make_faceid_state_dict", "write_faceid_bin"]
 
@@ -92,19 +94,13 @@ def faceid_layout(arch="sdxl", lora=True, rank=LORA_RANK):
     return {"image_proj": image_proj, "ip_adapter": ip_adapter}
 
 
-def _generator(seed, key):
-    digest = hashlib.sha256(f"revpers-standin/{seed}/{key}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-
-
 def _value(seed, section, key, shape):
     """Scales that keep a random adapter well behaved: LayerNorm weight 1 / bias 0; weights
     N(0, 1/fan_in) so projections keep the activation scale; LoRA up-projections 10x smaller so
     W + up.down stays close to W; small biases, so the null (zero) identity gives non-zero tokens."""
     if section == "image_proj" and key.startswith("norm."):
         return torch.ones(shape) if key.endswith("weight") else torch.zeros(shape)
-    g = _generator(seed, f"{section}.{key}")
-    x = torch.randn(shape, generator=g)
+    x = seeded_normal(seed, f"{section}.{key}", shape)
     if key.endswith("bias"):
         return x * 0.1
     if "_lora.up." in key:
@@ -122,14 +118,9 @@ def make_faceid_state_dict(arch="sdxl", seed=0, lora=True, dtype=torch.float16, 
 def write_faceid_bin(path, arch="sdxl", seed=0, lora=True, dtype=torch.float16):
     """Write a stand-in FaceID .bin (torch.save of {"image_proj", "ip_adapter"}) atomically.
     Returns the number of bytes written."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    def write(tmp):
         with open(tmp, "wb") as f:  # a file object: the archive's inner name does not depend on `tmp`
             torch.save(make_faceid_state_dict(arch, seed, lora=lora, dtype=dtype), f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    write_atomic(path, write)
     return os.path.getsize(path)
