@@ -1,6 +1,7 @@
 """The real model files the main job needs, where ComfyUI keeps them, and where to get them.
 
     missing = check(models_dir)           # [] when everything is in place
+    missing = check([dir_a, dir_b], extra_dirs=yaml_folders)   # the same over several places
     download(models_dir)                  # fetch what is missing, with progress and sha256 checks
 
 Folders follow ComfyUI's layout under a models base folder (ComfyUI/models, or any folder named in
@@ -52,6 +53,29 @@ class ModelFile:
 
     def path(self, models_dir):
         return Path(models_dir) / self.folder / self.name
+
+    def places(self, models_dirs, extra_dirs=None):
+        """Where ComfyUI would look for this file: its folder under each models base folder, then the
+        folders an extra_model_paths.yaml gives for its top folder ({"insightface": [dirs], ...})."""
+        top, _, rest = self.folder.partition("/")
+        out = [self.path(base) for base in models_dirs]
+        out += [Path(d) / rest / self.name if rest else Path(d) / self.name for d in (extra_dirs or {}).get(top, [])]
+        return out
+
+    @property
+    def where_from(self):
+        """The source, as a message words it."""
+        unpack = self.source.unpack_to
+        return self.source.url + (f" (unpacked into {unpack}/)" if unpack else "")
+
+    def problem(self, path, verify=False):
+        """Why the file at `path` is not this one (wrong size; with `verify`, wrong sha256), or None."""
+        size = path.stat().st_size
+        if self.size is not None and size != self.size:
+            return f"{size} bytes, expected {self.size}"
+        if verify and self.sha256 and sha256_of(path) != self.sha256:
+            return "sha256 differs from the published file"
+        return None
 
 
 @dataclass
@@ -129,24 +153,31 @@ def sha256_of(path, chunk=1 << 20):
     return h.hexdigest()
 
 
-def check(models_dir, entries=None, verify=False, checkpoint=None):
-    """The files that are not in place under `models_dir`, as MissingFile records (empty list when
-    all are). Presence (and the size, where known) is checked; with `verify`, also the sha256."""
-    entries = registry(checkpoint) if entries is None else entries
+def check(models_dirs, entries=None, verify=False, extra_dirs=None):
+    """The files that are not in place, as MissingFile records (empty list when all are).
+
+    `models_dirs`: a models base folder, or several (ComfyUI's own and another); `extra_dirs`: the folders
+    of an extra_model_paths.yaml by top folder ({"checkpoints": [dirs], ...}). A file is in place when a
+    copy in any of them has the right size (where known) and, with `verify`, the right sha256. One of the
+    wrong size is reported where it was found; a file found nowhere, in the first models folder."""
+    if isinstance(models_dirs, (str, os.PathLike)):
+        models_dirs = [models_dirs]
+    if not models_dirs:
+        raise ValueError("check needs at least one models folder")
+    entries = REGISTRY if entries is None else entries
     missing = []
     for e in entries:
-        path = e.path(models_dir)
-        folder = path.parent
-        source = e.source.url
-        if e.source.unpack_to:
-            source = f"{e.source.url} (unpacked into {e.source.unpack_to}/)"
-        if not path.is_file():
-            missing.append(MissingFile(e.name, folder, source, e.role))
-        elif e.size is not None and path.stat().st_size != e.size:
-            missing.append(MissingFile(e.name, folder, source, e.role,
-                                       f"{path.stat().st_size} bytes, expected {e.size}"))
-        elif verify and e.sha256 and sha256_of(path) != e.sha256:
-            missing.append(MissingFile(e.name, folder, source, e.role, "sha256 differs from the published file"))
+        places = e.places(models_dirs, extra_dirs)
+        found = [p for p in places if p.is_file()]
+        problems = []
+        for path in found:
+            problems.append((path, e.problem(path, verify)))
+            if problems[-1][1] is None:
+                break
+        if problems and problems[-1][1] is None:
+            continue
+        path, reason = problems[0] if problems else (places[0], "missing")
+        missing.append(MissingFile(e.name, path.parent, e.where_from, e.role, reason))
     return missing
 
 
@@ -254,7 +285,7 @@ def _unpack(archive, models_dir, source, members):
     return dest
 
 
-def download(models_dir, only=None, base_url=None, entries=None, progress=True, force=False, log=print):
+def download(models_dir, only=None, base_url=None, entries=None, progress=True, log=print):
     """Fetch every missing file (or the ones named in `only`, by file or source name) into
     `models_dir`. `base_url` fetches `<base_url>/<source name>` instead of the public URL (a mirror).
     Returns the paths installed. Raises DownloadError / ChecksumError with a readable message."""
@@ -266,7 +297,7 @@ def download(models_dir, only=None, base_url=None, entries=None, progress=True, 
             raise ValueError(f"unknown model file(s): {', '.join(sorted(unknown))}; known: "
                              f"{', '.join(sorted({e.name for e in entries} | {e.source.name for e in entries}))}")
         entries = [e for e in entries if e.name in wanted or e.source.name in wanted]
-    todo = entries if force else [e for e in entries if check(models_dir, [e])]
+    todo = [e for e in entries if check(models_dir, [e])]
     installed, done = [], set()
     for e in todo:
         if e.source in done:

@@ -113,6 +113,34 @@ def test_check_names_every_missing_file_its_folder_and_source(tmp_path):
     assert det.reason == "10 bytes, expected 16923827"
 
 
+def test_check_looks_in_every_models_folder_and_the_yaml_folders(tmp_path):
+    """What the CLI asks before it starts a local host: its own models folder, the one given with --models,
+    and the folders of the host's extra_model_paths.yaml (by top folder, sub-folders kept)."""
+    faceid, det = (next(e for e in models.REGISTRY if e.name == n) for n in ("ip-adapter-faceid_sdxl.bin", "det_10g.onnx"))
+    own, given, yaml_faceid, yaml_insightface = (tmp_path / n for n in ("own", "given", "yaml_ip", "yaml_if"))
+    extra = {"ipadapter": [yaml_faceid], "insightface": [yaml_insightface]}
+    missing = models.check([own, given], [faceid, det], extra_dirs=extra)
+    assert [(m.name, m.folder, m.reason) for m in missing] == [
+        (faceid.name, own / "ipadapter", "missing"), (det.name, own / det.folder, "missing")]
+    (yaml_faceid / faceid.name).parent.mkdir(parents=True)
+    (yaml_faceid / faceid.name).write_bytes(b"adapter")  # no published size: present is enough
+    (given / det.folder).mkdir(parents=True)
+    (given / det.folder / det.name).write_bytes(b"x" * 10)  # the wrong size: reported where it is
+    missing = models.check([own, given], [faceid, det], extra_dirs=extra)
+    assert [(m.name, m.folder, m.reason) for m in missing] == [(det.name, given / det.folder, "10 bytes, expected 16923827")]
+    right = yaml_insightface / "models/buffalo_l" / det.name  # the yaml's insightface folder + models/buffalo_l
+    right.parent.mkdir(parents=True)
+    with open(right, "wb") as f:
+        f.truncate(det.size)
+    assert models.check([own, given], [faceid, det], extra_dirs=extra) == []
+    # with verify, the right size is not enough: of the copies found, the first is the one reported
+    assert [(m.folder, m.reason) for m in models.check([own, given], [det], verify=True, extra_dirs=extra)] == [
+        (given / det.folder, "10 bytes, expected 16923827")]
+    (given / det.folder / det.name).unlink()
+    assert [(m.folder, m.reason) for m in models.check([own, given], [det], verify=True, extra_dirs=extra)] == [
+        (right.parent, "sha256 differs from the published file")]
+
+
 def test_download_shows_progress_verifies_and_installs(tmp_path, served, capfd):
     data, faceid = serve_faceid_standin(served)
     target_dir = tmp_path / "models"
