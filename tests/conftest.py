@@ -17,6 +17,21 @@ def comfy_inprocess():
 
 
 @pytest.fixture(scope="session")
+def pack(comfy_inprocess):
+    """The pack as ComfyUI imports it (the same as comfy_inprocess): `pack.nodes.<module>.<NodeClass>`."""
+    return comfy_inprocess
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(comfy_inprocess):
+    """The oracle's tiny SDXL in ComfyUI's own classes with its FaceID adapter (oracle_model.tiny_models):
+    base, adapter, node, and the inversion and identity MODELs."""
+    import oracle_model
+
+    return oracle_model.tiny_models(comfy_inprocess)
+
+
+@pytest.fixture(scope="session")
 def _server_session(tmp_path_factory):
     from harness import start_server
 

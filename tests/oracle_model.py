@@ -81,6 +81,20 @@ def tiny_sdxl():
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
 
 
+def tiny_models(pack, name="golden"):
+    """The tiny SDXL with the oracle's FaceID adapter through the pack's Identity Conditioning node:
+    {"base": the MODEL, "adapter", "node": the Identity Conditioning node, "inversion": the MODEL Invert
+    takes (no embedding), "identity": the MODEL with the oracle's identity embedding}."""
+    from revpers_core.faceid import load_faceid_adapter
+
+    with torch.inference_mode():
+        base = tiny_sdxl()
+        adapter = load_faceid_adapter(str(adapter_path(name)))
+        node = pack.nodes.identity.RevPersIdentityConditioning()
+        return {"base": base, "adapter": adapter, "node": node, "inversion": node.apply(base, adapter, 1.0)[0],
+                "identity": node.apply(base, adapter, 1.0, identity_embedding(name))[0]}
+
+
 def conditioning(case, phase, name="golden"):
     """The oracle's stored UNet conditioning of ``phase`` ("inversion" or "generation") as ComfyUI
     CONDITIONING lists: (positive = the oracle's batch row 1 "cond", negative = row 0 "uncond")."""

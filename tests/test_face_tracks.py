@@ -183,11 +183,10 @@ def test_one_identity_per_track(clip, analyser):
     assert not np.array_equal(per_face[ids == 0][0], per_face[ids == 0][1])  # frames differ on their own
 
 
-def test_the_model_receives_one_identity_and_modulation_per_person(comfy_inprocess):
+def test_the_model_receives_one_identity_and_modulation_per_person(comfy_inprocess, tiny_sdxl):
     """At the model: a clip's face rows of one person carry identical identity tokens (and so one
     modulation) on the conditional branch in every sampling call; different people differ."""
     import oracle_model as om
-    from revpers_core.faceid import load_faceid_adapter
 
     pack = comfy_inprocess
     _comfy_model = pack.nodes._comfy_model
@@ -200,9 +199,7 @@ def test_the_model_receives_one_identity_and_modulation_per_person(comfy_inproce
     embedding = pack.nodes.modulation.RevPersModulateIdentity().modulate(
         torch.from_numpy(rows), 30.0, False, 1.0, 5)[0]
     with torch.inference_mode():
-        base = om.tiny_sdxl()
-        adapter = load_faceid_adapter(str(om.adapter_path("golden")))
-        model = pack.nodes.identity.RevPersIdentityConditioning().apply(base, adapter, 1.0, embedding)[0]
+        model = tiny_sdxl["node"].apply(tiny_sdxl["base"], tiny_sdxl["adapter"], 1.0, embedding)[0]
     identity = _comfy_model.identity_of(model)
     seen = []
     real_rows = identity.rows
@@ -217,7 +214,7 @@ def test_the_model_receives_one_identity_and_modulation_per_person(comfy_inproce
     latents = torch.cat([x, x.flip(-1), x.roll(3, -2), x.roll(5, -1)])
     pos, neg = om.conditioning("default", "generation")
     with torch.inference_mode():
-        inv_model = pack.nodes.identity.RevPersIdentityConditioning().apply(base, adapter, 1.0)[0]
+        inv_model = tiny_sdxl["inversion"]
         ipos, ineg = om.conditioning("default", "inversion")
         record, _ = pack.nodes.inversion.RevPersInvert().invert(inv_model, {"samples": latents}, ipos, ineg,
                                                                 -10.0, 4, 0.5, 0)

@@ -12,20 +12,12 @@ from revpers_core.standins.faceid import make_faceid_state_dict
 
 
 @pytest.fixture(scope="module")
-def pack(comfy_inprocess):
-    return comfy_inprocess
-
-
-@pytest.fixture(scope="module")
-def tiny(pack):
+def tiny(pack, tiny_sdxl):
     with torch.inference_mode():
-        base = om.tiny_sdxl()
-        adapter = load_faceid_adapter(str(om.adapter_path("golden")))
-        node = pack.nodes.identity.RevPersIdentityConditioning()
-        inv = node.apply(base, adapter, 1.0)[0]
         pos, neg = om.conditioning("default", "inversion")
-        record, _ = pack.nodes.inversion.RevPersInvert().invert(inv, om.latent("default"), pos, neg, -10.0, 2, 0.7, 0)
-    return {"base": base, "adapter": adapter, "inversion_model": inv, "record": record, "node": node}
+        record, _ = pack.nodes.inversion.RevPersInvert().invert(tiny_sdxl["inversion"], om.latent("default"), pos,
+                                                                neg, -10.0, 2, 0.7, 0)
+    return dict(tiny_sdxl, record=record)
 
 
 def test_adapter_for_sd15_on_the_sdxl_model(pack, tiny, tmp_path):
@@ -65,7 +57,7 @@ def test_embedding_count_must_match_the_faces(pack, tiny):
 def test_sampler_refuses_a_model_without_identity(pack, tiny):
     gpos, gneg = om.conditioning("default", "generation")
     sampler = pack.nodes.sampler.RevPersAnonymizedSampler()
-    for model in (tiny["base"], tiny["inversion_model"]):
+    for model in (tiny["base"], tiny["inversion"]):
         with pytest.raises(ValueError, match="carries no identity.*reproduce the input faces"):
             sampler.sample(model, gpos, gneg, tiny["record"], -10.0, False, 1024)
 
@@ -89,20 +81,20 @@ def test_invert_refuses_other_models(pack, tiny):
 def test_invert_settings(pack, tiny, steps, skip, match):
     pos, neg = om.conditioning("default", "inversion")
     with pytest.raises(ValueError, match=match):
-        pack.nodes.inversion.RevPersInvert().invert(tiny["inversion_model"], om.latent("default"), pos, neg, -10.0,
+        pack.nodes.inversion.RevPersInvert().invert(tiny["inversion"], om.latent("default"), pos, neg, -10.0,
                                                     steps, skip, 0)
 
 
 def test_invert_needs_a_latent_batch(pack, tiny):
     pos, neg = om.conditioning("default", "inversion")
     with pytest.raises(ValueError, match="batch of face latents"):
-        pack.nodes.inversion.RevPersInvert().invert(tiny["inversion_model"], {"samples": torch.zeros(4, 8, 8)}, pos,
+        pack.nodes.inversion.RevPersInvert().invert(tiny["inversion"], {"samples": torch.zeros(4, 8, 8)}, pos,
                                                     neg, -10.0, 2, 0.7, 0)
 
 
 def test_identity_patch_applied_twice(pack, tiny):
     with pytest.raises(ValueError, match="already carries a FaceID identity patch"):
-        tiny["node"].apply(tiny["inversion_model"], tiny["adapter"], 1.0)
+        tiny["node"].apply(tiny["inversion"], tiny["adapter"], 1.0)
 
 
 # -- through the running server ---------------------------------------------------------------

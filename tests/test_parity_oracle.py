@@ -28,14 +28,8 @@ FIRST_CALL_TOL = 3e-6  # one UNet call on identical inputs; measured ~1e-6
 
 
 @pytest.fixture(scope="module")
-def pack(comfy_inprocess):
-    return comfy_inprocess
-
-
-@pytest.fixture(scope="module")
-def tiny_model(pack):
-    with torch.inference_mode():
-        return om.tiny_sdxl()
+def tiny_model(tiny_sdxl):
+    return tiny_sdxl["base"]
 
 
 @contextlib.contextmanager
