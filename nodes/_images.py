@@ -9,14 +9,25 @@ import torch
 CHANNELS = (1, 3, 4)
 
 
+def _batch(value, name, kind, layout):
+    """A ComfyUI tensor input with its batch dimension: `layout` names its dimensions, batch first (one
+    dimension fewer is taken as a batch of one); TypeError or ValueError naming the input otherwise."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be {kind} tensor [{', '.join(layout)}], got {type(value).__name__}")
+    if value.ndim == len(layout) - 1:
+        value = value[None]
+    if value.ndim != len(layout):
+        raise ValueError(f"{name} must be {kind} batch [{', '.join(layout)}], got shape {tuple(value.shape)}")
+    return value
+
+
+def _numpy(value):
+    return value.detach().to("cpu", torch.float32).numpy()
+
+
 def image_array(images, name="image"):
     """An IMAGE batch as one [B, H, W, C] float32 array, refusing shapes the face stages can't use."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{name} must be a ComfyUI IMAGE tensor, got {type(images).__name__}")
-    if images.ndim == 3:
-        images = images[None]
-    if images.ndim != 4:
-        raise ValueError(f"{name} must be an IMAGE batch [B, H, W, C], got shape {tuple(images.shape)}")
+    images = _batch(images, name, "a ComfyUI IMAGE", ("B", "H", "W", "C"))
     batch, height, width, channels = images.shape
     if batch == 0:
         raise ValueError(f"{name} is an empty batch")
@@ -24,7 +35,7 @@ def image_array(images, name="image"):
         raise ValueError(f"{name} has {channels} channels; use grey (1), RGB (3) or RGBA (4) images")
     if height < 2 or width < 2:
         raise ValueError(f"{name} is {width}x{height} pixels, too small to hold a face")
-    return np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
+    return np.ascontiguousarray(_numpy(images))
 
 
 def image_batch(images, name="image"):
@@ -45,17 +56,12 @@ def to_image(arrays):
 
 
 def mask_batch(masks, name="mask"):
+    """A MASK batch ([B, H, W], [H, W] or [B, H, W, 1]) as a [B, H, W] float32 array; None stays None."""
     if masks is None:
         return None
-    if not isinstance(masks, torch.Tensor):
-        raise TypeError(f"{name} must be a ComfyUI MASK tensor, got {type(masks).__name__}")
-    if masks.ndim == 2:
-        masks = masks[None]
-    if masks.ndim == 4 and masks.shape[-1] == 1:
+    if isinstance(masks, torch.Tensor) and masks.ndim == 4 and masks.shape[-1] == 1:
         masks = masks[..., 0]
-    if masks.ndim != 3:
-        raise ValueError(f"{name} must be a MASK batch [B, H, W], got shape {tuple(masks.shape)}")
-    return masks.detach().to("cpu", torch.float32).numpy()
+    return _numpy(_batch(masks, name, "a ComfyUI MASK", ("B", "H", "W")))
 
 
 def to_mask(arrays):
@@ -64,11 +70,5 @@ def to_mask(arrays):
 
 
 def embedding_rows(embedding, name="embedding"):
-    """An EMBEDDING value (float tensor [N, 512]) as a numpy array."""
-    if not isinstance(embedding, torch.Tensor):
-        raise TypeError(f"{name} must be an identity embedding tensor [N, 512], got {type(embedding).__name__}")
-    if embedding.ndim == 1:
-        embedding = embedding[None]
-    if embedding.ndim != 2:
-        raise ValueError(f"{name} must be [N, 512], got shape {tuple(embedding.shape)}")
-    return embedding.detach().to("cpu", torch.float32).numpy()
+    """An EMBEDDING value (float tensor [N, 512], or one row [512]) as a numpy array [N, 512]."""
+    return _numpy(_batch(embedding, name, "an identity embedding", ("N", "512")))

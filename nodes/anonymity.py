@@ -4,7 +4,7 @@ import logging
 from revpers_core.faces import metrics, pipeline, recognizers
 
 from . import _images
-from .common import ANONYMITY_REPORT, EMBEDDING, FACE_ANALYSIS, FACES, category
+from .common import ANONYMITY_REPORT, EMBEDDING, FACE_ANALYSIS, FACES, bounded_float, category
 
 log = logging.getLogger("revpers")
 
@@ -27,11 +27,10 @@ class RevPersAnonymityCheck:
                 "analysis": (FACE_ANALYSIS, {"tooltip": "From Face Analysis Loader."}),
                 "anonymized": ("IMAGE", {"tooltip": "Anonymized face crops (with 'faces': the crops of those "
                                                     "faces, in order) or photos (largest face measured)."}),
-                "threshold": ("FLOAT", {
-                    "default": metrics.DEFAULT_THRESHOLD, "min": recognizers.ARCFACE_BOUNDS[0],
-                    "max": recognizers.ARCFACE_BOUNDS[1], "step": 0.01,
-                    "tooltip": "Similarity at or above which a face counts as still recognizable (bounded: "
-                               "no value switches the check off)."}),
+                "threshold": bounded_float(
+                    metrics.DEFAULT_THRESHOLD, recognizers.ARCFACE_BOUNDS,
+                    "Similarity at or above which a face counts as still recognizable (bounded: no value switches "
+                    "the check off)."),
                 "fail_if_recognizable": ("BOOLEAN", {
                     "default": True,
                     "tooltip": "Stop the run (error) if any face is at or above the threshold, cannot be "

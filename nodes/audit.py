@@ -4,7 +4,7 @@ import logging
 from revpers_core.faces import audit, recognizers
 
 from . import _images
-from .common import AUDIT_REPORT, FACE_ANALYSIS, FACES, Progress, category
+from .common import AUDIT_REPORT, FACE_ANALYSIS, FACES, Progress, bounded_float, category
 
 log = logging.getLogger("revpers")
 
@@ -28,16 +28,14 @@ class RevPersAudit:
                 "analysis": (FACE_ANALYSIS, {"tooltip": "From Face Analysis Loader (its detector and ArcFace)."}),
                 "original": ("IMAGE", {"tooltip": "The photos that went into Detect and Align Faces."}),
                 "anonymized": ("IMAGE", {"tooltip": "The final photos, after Paste Back Faces (what will be saved)."}),
-                "arcface_threshold": ("FLOAT", {
-                    "default": recognizers.ARCFACE_DEFAULT, "min": recognizers.ARCFACE_BOUNDS[0],
-                    "max": recognizers.ARCFACE_BOUNDS[1], "step": 0.01,
-                    "tooltip": "ArcFace cosine similarity at or above which two faces count as the same "
-                               "person. Lower is stricter."}),
-                "dlib_threshold": ("FLOAT", {
-                    "default": recognizers.DLIB_DEFAULT, "min": recognizers.DLIB_BOUNDS[0],
-                    "max": recognizers.DLIB_BOUNDS[1], "step": 0.01,
-                    "tooltip": "dlib descriptor distance at or below which two faces count as the same person "
-                               "(dlib's own rule: 0.6). Higher is stricter."}),
+                "arcface_threshold": bounded_float(
+                    recognizers.ARCFACE_DEFAULT, recognizers.ARCFACE_BOUNDS,
+                    "ArcFace cosine similarity at or above which two faces count as the same person. Lower is "
+                    "stricter."),
+                "dlib_threshold": bounded_float(
+                    recognizers.DLIB_DEFAULT, recognizers.DLIB_BOUNDS,
+                    "dlib descriptor distance at or below which two faces count as the same person (dlib's own "
+                    "rule: 0.6). Higher is stricter."),
                 "second_recognizer": (list(audit.SECOND_RECOGNIZER), {
                     "default": audit.SECOND_RECOGNIZER[0],
                     "tooltip": "dlib's detector and recognizer beside ArcFace (pip install dlib-bin "

@@ -32,6 +32,11 @@ MAX_ROWS_INPUT = ("INT", {
                "chunks, each through all steps, with the same result as one batch. 0 = automatic, from the "
                "device's free memory by ComfyUI's own estimate."})
 
+def bounded_float(default, bounds, tooltip, step=0.01):
+    """A FLOAT widget whose limits are a core rule's bounds, so no widget value gets past the core's check."""
+    return ("FLOAT", {"default": default, "min": bounds[0], "max": bounds[1], "step": step, "tooltip": tooltip})
+
+
 # Model folders the pack reads, with the extensions it accepts in each.
 MODEL_FOLDERS = {
     "ipadapter": {".bin", ".safetensors"},
