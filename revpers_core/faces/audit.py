@@ -358,6 +358,30 @@ def audit(auditor: Auditor, originals, finals, faceset: FaceSet | None = None, o
     return report
 
 
+def _place_of(face, finals_here):
+    """The index of the final face at `face`'s place (the largest overlap, at least MATCH_IOU), or None."""
+    place = None
+    for f_idx, final in enumerate(finals_here):
+        if box_iou(final.box, face.box) >= MATCH_IOU:
+            if place is None or box_iou(final.box, face.box) > box_iou(finals_here[place].box, face.box):
+                place = f_idx
+    return place
+
+
+def _matches_elsewhere(judge, descriptor, final_desc, final_faces, image, place):
+    """Every face of every final image, but the one at the face's own place, that `judge` takes for the
+    person of `descriptor`: "where (score)" texts."""
+    out = []
+    for fi, per_image in final_desc.items():
+        values = judge.scores(descriptor, per_image)[0]
+        for f_idx, value in enumerate(values):
+            if fi == image and f_idx == place:
+                continue
+            if judge.same_person(float(value)):
+                out.append(f"{_where(final_faces[fi][f_idx])} ({float(value):+.3f})")
+    return out
+
+
 def _judge(judge, originals, finals, orig_faces, final_faces, report):
     """Add one recognizer's judgements to the report (creating the FaceAudit rows on first use)."""
     by_index = {f.index: f for f in report.faces}
@@ -388,11 +412,7 @@ def _judge(judge, originals, finals, orig_faces, final_faces, report):
                 j.reason = "dlib's detector sees no face here in the original, so its descriptor would be meaningless"
                 continue
             # what is at its place in the final image
-            place = None
-            for f_idx, final in enumerate(final_faces[i]):
-                if box_iou(final.box, face.box) >= MATCH_IOU:
-                    if place is None or box_iou(final.box, face.box) > box_iou(final_faces[i][place].box, face.box):
-                        place = f_idx
+            place = _place_of(face, final_faces[i])
             if place is not None:
                 here = final_desc[i][place:place + 1]
                 j.measured_on = "the face found there"
@@ -403,14 +423,7 @@ def _judge(judge, originals, finals, orig_faces, final_faces, report):
             at_place.append((j, here))
             if judge.same_person(j.at_place):
                 j.matches.append(f"{_where(face)} (its own place, {j.at_place:+.3f})")
-            # every face of every final image
-            for fi, per_image in final_desc.items():
-                values = judge.scores(originals_desc[k:k + 1], per_image)[0]
-                for f_idx, value in enumerate(values):
-                    if fi == i and f_idx == place:
-                        continue
-                    if judge.same_person(float(value)):
-                        j.matches.append(f"{_where(final_faces[fi][f_idx])} ({float(value):+.3f})")
+            j.matches += _matches_elsewhere(judge, originals_desc[k:k + 1], final_desc, final_faces, i, place)
 
     if every_original:
         gallery = np.stack(every_original)

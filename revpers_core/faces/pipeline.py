@@ -202,30 +202,7 @@ def paste_back(images, crops, faceset: FaceSet, masks=None, feather: float = DEF
     and their image is marked; images recorded as passed through are marked NOT ANONYMIZED.
     Returns (images, coverage masks, warning text).
     """
-    images = [np.asarray(im, dtype=np.float32) for im in images]
-    if len(images) != faceset.image_count:
-        raise ValueError(f"paste-back got {len(images)} image(s) but the faces were found in "
-                         f"{faceset.image_count}: connect the same images that went into detection")
-    for i, (im, (h, w)) in enumerate(zip(images, faceset.image_sizes)):
-        if im.shape[:2] != (h, w):
-            raise ValueError(f"image {i} is {im.shape[1]}x{im.shape[0]} but its faces were found in a "
-                             f"{w}x{h} image: connect the same images that went into detection")
-    feather = check_feather(feather)
-    crops = np.asarray(crops, dtype=np.float32)
-    if crops.ndim != 4:
-        raise ValueError(f"crops must be a batch [F, S, S, C], got shape {crops.shape}")
-    if crops.shape[1] != crops.shape[2]:
-        raise ValueError(f"crops must be square, got {crops.shape[2]}x{crops.shape[1]}")
-    n = len(faceset.faces)
-    if not faceset.placeholder and crops.shape[0] != n:
-        raise ValueError(f"paste-back got {crops.shape[0]} crop(s) for {n} detected face(s): the crops "
-                         f"must be the ones Detect and Align Faces (RevPers) produced, in the same order")
-    if masks is not None:
-        masks = np.asarray(masks, dtype=np.float32)
-        if masks.ndim == 2:
-            masks = masks[None]
-        if not faceset.placeholder and masks.shape[0] not in (1, n):
-            raise ValueError(f"paste-back got {masks.shape[0]} mask(s) for {n} face(s)")
+    images, crops, masks, feather = _check_paste(images, crops, faceset, masks, feather)
     size = crops.shape[1]
     default_alpha = None
     outs, coverages = [], []
@@ -258,6 +235,35 @@ def paste_back(images, crops, faceset: FaceSet, masks=None, feather: float = DEF
     if on_step is not None:
         on_step(len(images), len(images))
     return outs, coverages, faceset.warning()
+
+
+def _check_paste(images, crops, faceset: FaceSet, masks, feather):
+    """paste_back's inputs checked against the FaceSet: (images, crops, masks, feather) as float32 arrays."""
+    images = [np.asarray(im, dtype=np.float32) for im in images]
+    if len(images) != faceset.image_count:
+        raise ValueError(f"paste-back got {len(images)} image(s) but the faces were found in "
+                         f"{faceset.image_count}: connect the same images that went into detection")
+    for i, (im, (h, w)) in enumerate(zip(images, faceset.image_sizes)):
+        if im.shape[:2] != (h, w):
+            raise ValueError(f"image {i} is {im.shape[1]}x{im.shape[0]} but its faces were found in a "
+                             f"{w}x{h} image: connect the same images that went into detection")
+    feather = check_feather(feather)
+    crops = np.asarray(crops, dtype=np.float32)
+    if crops.ndim != 4:
+        raise ValueError(f"crops must be a batch [F, S, S, C], got shape {crops.shape}")
+    if crops.shape[1] != crops.shape[2]:
+        raise ValueError(f"crops must be square, got {crops.shape[2]}x{crops.shape[1]}")
+    n = len(faceset.faces)
+    if not faceset.placeholder and crops.shape[0] != n:
+        raise ValueError(f"paste-back got {crops.shape[0]} crop(s) for {n} detected face(s): the crops "
+                         f"must be the ones Detect and Align Faces (RevPers) produced, in the same order")
+    if masks is not None:
+        masks = np.asarray(masks, dtype=np.float32)
+        if masks.ndim == 2:
+            masks = masks[None]
+        if not faceset.placeholder and masks.shape[0] not in (1, n):
+            raise ValueError(f"paste-back got {masks.shape[0]} mask(s) for {n} face(s)")
+    return images, crops, masks, feather
 
 
 def embed_images(analyser: FaceAnalyser, images, threshold: float = 0.5, select: str = "largest"):
