@@ -7,20 +7,8 @@ import oracle_model as om
 
 
 @pytest.fixture(scope="module")
-def pack(comfy_inprocess):
-    return comfy_inprocess
-
-
-@pytest.fixture(scope="module")
-def models(pack):
-    from revpers_core.faceid import load_faceid_adapter
-
-    with torch.inference_mode():
-        base = om.tiny_sdxl()
-        adapter = load_faceid_adapter(str(om.adapter_path("golden")))
-        node = pack.nodes.identity.RevPersIdentityConditioning()
-        return {"base": base, "adapter": adapter, "inversion": node.apply(base, adapter, 1.0)[0],
-                "identity": node.apply(base, adapter, 1.0, om.identity_embedding())[0]}
+def models(tiny_sdxl):
+    return tiny_sdxl
 
 
 def invert(pack, models, steps, seed=0, latent=None):
