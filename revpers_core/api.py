@@ -236,6 +236,26 @@ class ComfyClient:
         return self._get(f"/history/{prompt_id}", f"reading the history of prompt {prompt_id}",
                          True).json().get(prompt_id)
 
+    def find_prompt(self, token):
+        """(prompt id, state) of the prompt queued with `extra_data={"revpers_token": token}`, state being
+        "success" or "error" (finished, in the history), "running" or "pending" (in its queue); (None, None)
+        when the server does not know it (never queued, or restarted since). The token is the client's own,
+        so a prompt can be found again by a client that died before it learned the prompt's id."""
+        def token_of(job):
+            extra = job[3] if len(job) > 3 and isinstance(job[3], dict) else {}
+            return extra.get("revpers_token")
+
+        for prompt_id, entry in self.history().items():
+            if token_of(entry.get("prompt", [])) == token:
+                status = entry.get("status", {}).get("status_str")
+                return prompt_id, status if status in ("success", "error") else "success"
+        queue = self._get("/queue", "reading the queue").json()
+        for state, key in (("running", "queue_running"), ("pending", "queue_pending")):
+            for job in queue.get(key, []):
+                if token_of(job) == token:
+                    return job[1], state
+        return None, None
+
     def view(self, filename, subfolder="", type="output"):
         """The bytes of a file in the server's output/input/temp folder."""
         r = self._http("GET", "/view", f"downloading {filename}", True, params={

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from paths import REPO, artifact_dir
-from revpers_core import cli, models
+from revpers_core import cli, examples, models, servers, workflow
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +51,12 @@ def usage_error(argv, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--skip", "1.5"], "--skip 1.5: must be in (0, 1]"),
-    (["--steps", "0"], "--steps 0: must be at least 1"),
-    (["--seed", "-1"], "--seed -1: must be 0 or more"),
-    (["--crop-size", "100"], "--crop-size 100: must be a multiple of 8"),
+    (["--skip", "1.5"], "--skip 1.5: skip must lie strictly between 0 and 1, from 0.01 to 0.99"),
+    (["--skip", "1.0"], "--skip 1: skip must lie strictly between 0 and 1"),  # what the server refuses too
+    (["--steps", "1"], "--steps 1: steps must be at least 2"),
+    (["--steps", "1001"], "--steps 1001: steps must be at most 1000"),
+    (["--seed", "-1"], "--seed -1: seed must be a whole number from 0 to"),
+    (["--crop-size", "100"], "--crop-size 100: crop size 100 is not supported: use a multiple of 8 from 64"),
     (["--faces", "the big one"], "--faces 'the big one': use all, largest, or a number N"),
     (["--faces", "0,2"], "--faces '0,2': use all, largest, or a number N"),
     (["--standin-weights", "--server", "http://127.0.0.1:1"], "leave out --server"),
@@ -124,13 +126,13 @@ def test_the_hosts_extra_model_paths_are_read_and_a_broken_file_is_said(tmp_path
     yaml_file = tmp_path / "extra_model_paths.yaml"
     yaml_file.write_text("mine:\n  base_path: /data/models\n  ipadapter: |\n    ipadapter\n    more/ipadapter\n"
                          "  checkpoints: ckpt\nlocal:\n  base_path: shared\n  insightface: insightface\n")
-    bases = cli._extra_model_bases(tmp_path)
+    bases = servers.extra_model_folders(tmp_path)
     assert bases == {"ipadapter": [Path("/data/models/ipadapter"), Path("/data/models/more/ipadapter")],
                      "checkpoints": [Path("/data/models/ckpt")],
                      "insightface": [tmp_path / "shared" / "insightface"]}
     assert capsys.readouterr().err == ""
     yaml_file.write_text("mine: [unclosed\n")
-    assert cli._extra_model_bases(tmp_path) == {}
+    assert servers.extra_model_folders(tmp_path) == {}
     assert "extra_model_paths.yaml could not be read" in capsys.readouterr().err
 
 
@@ -146,7 +148,7 @@ def test_knobs_land_on_the_nodes_by_class_type():
         "5": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
         "6": {"class_type": "RevPersInvert", "inputs": {"skip": 0.7, "steps": ["8", 0], "seed": 0}},
     }
-    out = cli.apply_knobs(graph, {"skip": 0.5, "steps": 20, "seed": 7, "guidance": -4.0, "faces": 2,
+    out = workflow.apply_knobs(graph, {"skip": 0.5, "steps": 20, "seed": 7, "guidance": -4.0, "faces": 2,
                                   "crop_size": 512, "attribute": "an old man", "checkpoint": "own.safetensors",
                                   "adapter": None})
     assert out["1"]["inputs"] == {"skip": 0.5, "steps": 20, "seed": 7, "guidance": -4.0, "model": ["9", 0]}
@@ -157,7 +159,7 @@ def test_knobs_land_on_the_nodes_by_class_type():
     assert out["7"]["inputs"]["text"] == ""
     assert out["5"]["inputs"]["ckpt_name"] == "own.safetensors"
     assert graph["1"]["inputs"]["skip"] == 0.7  # the workflow itself is not modified
-    assert cli.apply_knobs(graph, {"skip": None}) == graph
+    assert workflow.apply_knobs(graph, {"skip": None}) == graph
 
 
 def test_the_console_script_entry_point_runs():
@@ -336,17 +338,17 @@ def test_example_group_marker_faces_sit_on_real_faces_and_are_what_the_standin_d
     from revpers_core.faces.analysis import FaceAnalyser
     from revpers_core.standins.buffalo_l import write_buffalo_l
 
-    source = cli.example_source("group")
+    source = examples.example_source("group")
     assert source.name == "t1.jpg" and source.parent.name == "images"
-    plain, lines = cli.example_photo("group", False, tmp_path)
+    plain, lines = examples.example_photo("group", False, tmp_path)
     assert plain == source and "t1.jpg" in lines[0]
 
-    marked, lines = cli.example_photo("group", True, tmp_path)
+    marked, lines = examples.example_photo("group", True, tmp_path)
     assert marked.parent == tmp_path and "marker faces" in " ".join(lines)
     original = np.asarray(Image.open(source).convert("RGB"))
     drawn = np.asarray(Image.open(marked).convert("RGB"))
     assert drawn.shape == original.shape
-    markers = cli.EXAMPLES["group"]["markers"]
+    markers = examples.EXAMPLES["group"]["markers"]
     real = [box for box, _, _ in dlib_faces(original)]
     assert len(real) == 6
     for (cx, cy), radius, _ in markers:

@@ -1,0 +1,252 @@
+"""One item, a photo or a clip, through one ComfyUI server: the job's steps, each a short function.
+
+    outcome = Job(item, settings, client).run()
+
+`Item.prepare` reads the file on this side (a clip is decoded here, so a bad one fails before the
+server sees it); `upload` sends it; `graph` sets its name on the workflow; `attempts` queues the graph
+and follows it, and in guaranteed mode queues it again with stronger guidance for the faces the
+audit still recognizes; `verdict` reads what the checks said; `fetch` downloads the saved pictures
+and `Item.save` writes the output (a photo in the format its name asks, a clip encoded with its
+audio). A failure is a `CliError` with a message and an exit code; a server that stops answering is
+`ServerGone`, left to the caller (another server may take the item).
+"""
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import guarantee, media, workflow
+from .api import PromptRejected, ServerGone
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNANONYMIZED, CliError
+from .progress import NodeProgress, say
+
+__all__ = ["Settings", "Outcome", "PhotoItem", "ClipItem", "Job"]
+
+
+@dataclass
+class Settings:
+    """What every item of a job shares: the workflow of each kind with the job's knobs set, guaranteed
+    mode's retry guidances (None = off), whether failed images are written marked, and limits."""
+
+    graphs: dict
+    retries: tuple = None
+    allow_unanonymized: bool = False
+    timeout: float = 24 * 3600.0
+    crf: int = media.CRF_DEFAULT
+    quiet: bool = False
+
+
+@dataclass
+class Outcome:
+    """What became of one item."""
+
+    status: str                      # "done", "unanonymized" (written marked, by request) or "failed"
+    code: int = EXIT_OK
+    message: str = ""
+    written: list = field(default_factory=list)
+    summary: dict = None             # the audit's verdicts (workflow.audit_summary)
+    texts: list = field(default_factory=list)
+    attempt_lines: list = field(default_factory=list)
+    attempts: int = 0
+    seconds: float = 0.0
+    details: dict = field(default_factory=dict)  # clip: frames, fps, audio
+
+    @classmethod
+    def failed(cls, message, code=EXIT_FAILED, **kw):
+        return cls("failed", code, message, **kw)
+
+
+class PhotoItem:
+    """A photo in, a photo out (several when the workflow saves several pictures)."""
+
+    kind = "photo"
+
+    def __init__(self, source, output, label=None):
+        self.source, self.output = Path(source), Path(output)
+        self.label = label or self.source.name
+        self.upload_file, self.alpha, self.details = None, None, {}
+
+    def prepare(self, workdir):
+        self.upload_file, self.alpha = media.photo_for_upload(self.source, workdir, say)
+
+    def save(self, pictures):
+        written = []
+        for i, data in enumerate(pictures):
+            target = self.output if i == 0 else self.output.with_name(f"{self.output.stem}_{i}{self.output.suffix}")
+            media.save_picture(data, target, self.alpha, say)
+            written.append(target)
+        return written
+
+
+class ClipItem:
+    """A clip in (decoded with PyAV), its frames through the video workflow, the clip out with its audio."""
+
+    kind = "clip"
+
+    def __init__(self, source, output, label=None, crf=media.CRF_DEFAULT):
+        self.source, self.output = Path(source), Path(output)
+        self.label = label or self.source.name
+        self.crf = crf
+        self.clip = self.upload_file = None
+        self.details = {}
+
+    def prepare(self, workdir):
+        self.clip = media.read_clip(self.source)
+        self.upload_file = media.clip_for_upload(self.clip, workdir)
+        self.details = {"frames": len(self.clip.frames), "fps": str(self.clip.rate),
+                        "size": "x".join(map(str, self.clip.size)), "audio": ", ".join(self.clip.audio) or "none"}
+
+    def save(self, pictures):
+        if len(pictures) != 1:
+            raise media.MediaError(f"the video workflow saved {len(pictures)} pictures for {self.label}; it must save "
+                                   "the clip as one animated picture (Save Animated WEBP)")
+        media.write_clip(self.clip, media.frames_of(pictures[0]), self.output, self.crf, say)
+        self.clip = None  # the frames are not needed any more
+        return [self.output]
+
+
+class Job:
+    """One item through one server. `journal(event, **data)`, when given, hears "queueing" (the token a
+    prompt is queued under, the attempt's overrides) and "attempt" (an audit's failed rows), so that an
+    interrupted job can be resumed."""
+
+    def __init__(self, item, settings, client, progress=None, journal=None, host=None):
+        self.item, self.settings, self.client = item, settings, client
+        self.progress = progress or NodeProgress({}, enabled=False)
+        self.journal = journal or (lambda event, **data: None)
+        self.host = host
+        self.started = time.time()
+
+    def run(self, workdir, adopt=None):
+        """The item's Outcome. `adopt`: a prompt of an earlier, interrupted run of this item on this server
+        ({"prompt_id", "overrides", "attempts"}), followed or read back instead of being queued again."""
+        if self.item.upload_file is None:
+            self.item.prepare(workdir)
+        graph = self.graph(self.upload())
+        result, summary, plan = self.attempts(graph, adopt)
+        outcome = self.verdict(result, graph, summary, plan)
+        outcome.details.update(self.item.details)
+        if outcome.status != "failed":
+            outcome.written = self.item.save(self.fetch(result, graph))
+        outcome.seconds = time.time() - self.started
+        return outcome
+
+    def upload(self):
+        name = f"revpers-{uuid.uuid4().hex[:8]}-{self.item.upload_file.name}"
+        return self.client.upload_image(self.item.upload_file, name=name)
+
+    def graph(self, name):
+        graph = workflow.apply_knobs(self.settings.graphs[self.item.kind], {"image": name})
+        if self.settings.retries is not None and workflow.nodes_of(graph, "RevPersAudit"):
+            # the audit hands its verdicts back instead of stopping: the CLI decides what is written
+            graph = workflow.apply_knobs(graph, {"allow_unanonymized": "save marked NOT ANONYMIZED"})
+        self.progress.graph = graph
+        return graph
+
+    def _plan(self, graph, adopt):
+        base = workflow.guidance_of(graph)
+        if self.settings.retries is None or not workflow.nodes_of(graph, "RevPersAudit") or base is None or base >= 0:
+            return None
+        try:
+            plan = guarantee.Plan(base, tuple(g for g in self.settings.retries if g < base))
+        except ValueError as e:
+            raise CliError(f"--retry-guidance: {e}", 2)
+        plan.start()
+        for record in (adopt or {}).get("attempts", []):  # attempts an interrupted run had finished
+            plan.next(record["failed_rows"], record.get("unfixable", ()))
+        return plan
+
+    def attempts(self, graph, adopt=None):
+        """Run the graph; in guaranteed mode again, only the failing faces sampled harder, until the audit
+        passes or the strongest guidance was tried. (last result, its audit summary, the plan)"""
+        plan = self._plan(graph, adopt)
+        overrides = dict(plan.attempts[-1].overrides) if plan is not None else {}
+        pending = (adopt or {}).get("prompt_id")
+        while True:
+            result = self.run_graph(workflow.with_face_guidance(graph, overrides), overrides, pending)
+            pending = None
+            summary = workflow.audit_summary(result, graph)
+            if plan is None or summary is None or summary["passed"]:
+                return result, summary, plan
+            self.journal("attempt", failed_rows=summary["failed_rows"], unfixable=summary["unfixable"])
+            overrides = plan.next(summary["failed_rows"], summary["unfixable"])
+            if overrides is None:
+                return result, summary, plan
+            self._say_retry(plan, overrides)
+
+    def _say_retry(self, plan, overrides):
+        rows = ", ".join(str(r) for r in plan.attempts[-2].failed_rows)
+        say(f"guaranteed mode{self._of()}: face row(s) {rows} still recognizable; sampling only those again "
+            f"(attempt {plan.attempts[-1].number}: face_guidance \"{guarantee.format_face_guidance(overrides)}\", "
+            f"the other faces {plan.base:g}, their pixels unchanged; the inversion is reused)")
+
+    def _of(self):
+        return f" ({self.item.label})" if self.progress.prefix else ""
+
+    def _queue(self, graph, overrides):
+        """Queue the graph under a token of ours, told to the journal first: a job killed at any moment
+        finds its prompt on the server again by that token (ComfyClient.find_prompt)."""
+        token = uuid.uuid4().hex
+        self.journal("queueing", token=token, overrides=overrides)
+        return self.client.queue(graph, extra_data={"revpers_token": token})
+
+    def run_graph(self, graph, overrides, pending=None):
+        """Queue the graph (or follow `pending`, the id of a prompt already queued) to its end; its result."""
+        try:
+            prompt_id = pending or self._queue(graph, overrides)
+            result = self.client.follow(prompt_id, on_event=self.progress, timeout=self.settings.timeout)
+        except PromptRejected as e:
+            raise CliError(f"the server refused the workflow:\n{e}", EXIT_FAILED)
+        except KeyboardInterrupt:
+            self.progress.close()
+            try:
+                self.client.interrupt()
+            except (ServerGone, OSError):
+                pass
+            raise CliError("interrupted; the run was cancelled", EXIT_INTERRUPTED)
+        except TimeoutError as e:
+            raise CliError(str(e), EXIT_FAILED)
+        finally:
+            self.progress.close()
+        if result.status != "success":
+            raise CliError(f"the run failed: {result.message or 'no message from the server'}", EXIT_FAILED)
+        return result
+
+    def verdict(self, result, graph, summary, plan):
+        """What the checks said: written (passed, or marked by request) or failed, with the texts to show."""
+        texts = workflow.check_texts(result, graph)
+        failed = (not summary["passed"]) if summary is not None else \
+            any("RESULT: FAILED" in t or "at or above the threshold" in t for t in texts)
+        lines = plan.lines() if plan is not None and len(plan.attempts) > 1 else []
+        common = dict(summary=summary, texts=texts, attempt_lines=lines, attempts=len(plan.attempts) if plan else 1)
+        if not failed:
+            return Outcome("done", EXIT_OK, **common)
+        if self.settings.allow_unanonymized:
+            return Outcome("unanonymized", EXIT_UNANONYMIZED, "the audit FAILED: written marked NOT ANONYMIZED by "
+                           "request (--allow-unanonymized)", **common)
+        return Outcome.failed(not_anonymized(summary, plan, self.item.output), **common)
+
+    def fetch(self, result, graph):
+        """The bytes of every picture the workflow saved, all of them before anything is written."""
+        images = [img for nid in sorted(workflow.nodes_of(graph, workflow.OUTPUT_CLASSES))
+                  for img in result.images(nid)]
+        if not images:
+            raise CliError("the workflow finished without an output image", EXIT_FAILED)
+        return [self.client.view(img["filename"], img.get("subfolder", ""), img.get("type", "output"))
+                for img in images]
+
+
+def not_anonymized(summary, plan, output):
+    """Why an item was not written: the faces still recognizable, and what may help."""
+    lines = ["the audit FAILED: a face is still recognizable in the anonymized photo, so nothing was written "
+             f"to {output}."]
+    if summary is not None:
+        for u in summary["unfixable"]:
+            lines.append(f"  {u}: not a face Detect and Align anonymized (its detector did not take it for a face, "
+                         "or it was covered), so sampling again cannot change it")
+        if plan is not None and plan.exhausted_rows:
+            lines.append(f"  face row(s) {', '.join(map(str, plan.exhausted_rows))}: still recognizable after the "
+                         f"strongest guidance tried ({((plan.base,) + plan.retries)[-1]:g})")
+    lines.append("See the audit above. Stronger --retry-guidance values, another --seed or --attribute may help; "
+                 "--allow-unanonymized writes the photo marked NOT ANONYMIZED (exit code 5).")
+    return "\n".join(lines)
