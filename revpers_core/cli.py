@@ -536,17 +536,98 @@ def _guidance_list(text):
     return values
 
 
-def build_parser():
-    from . import solver
-    from .faces import align, recognizers
-    p = argparse.ArgumentParser(prog="revpers", description="Reverse Personalization: face anonymization "
-                                "by negative identity guidance, run through ComfyUI.",
-                                epilog="exit codes: 0 done, 1 the run failed, 2 bad arguments, 3 model files "
-                                "missing, 4 no usable server (or it stopped during the run; nothing is written), 5 written although the audit failed (--allow-unanonymized), "
-                                "130 interrupted")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+def _add_item_options(an):
+    g = an.add_argument_group("what to anonymize, and where the result goes")
+    g.add_argument("inputs", nargs="*", metavar="INPUT", help="a photo (png, jpg, webp...), a clip (mp4, mov, mkv, "
+                   "webm, avi...), or a folder of them (subfolders included); several may be given")
+    g.add_argument("--example", choices=sorted(EXAMPLES), help="anonymize an example photo instead: 'group' is "
+                   "the group photo that ships with InsightFace (with --standin-weights, marker faces the "
+                   "stand-in detector can see are drawn over its six faces)")
+    g.add_argument("-o", "--output", required=True, help="where to write: the anonymized photo (.png/.jpg/.webp) "
+                   "or clip (.mp4/.mov/.mkv); for a folder or several inputs, the output folder")
+    g.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (default: an "
+                   "existing output is not touched, and the item is reported)")
+    g.add_argument("--manifest", help="for several items: where to write the manifest, .json or .csv (default: "
+                   f"{batch.MANIFEST_NAME} in the output folder); per item and face, the audit's figures")
+    g.add_argument("--crf", type=int, default=media.CRF_DEFAULT, help="quality of the encoded clips: x264's constant "
+                   f"rate factor, 0 (lossless) to 51 (default {media.CRF_DEFAULT}, visually lossless)")
+    g.add_argument("--workflow", help="API-format workflow for photos (default: the shipped anonymize_photo)")
+    g.add_argument("--video-workflow", help="API-format workflow for clips (default: the shipped anonymize_video)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
+
+def _add_method_options(an):
+    from . import solver
+    from .faces import align
+    g = an.add_argument_group("the method (left out: the workflow's values, the paper's defaults)")
+    g.add_argument("--guidance", type=float, help="identity guidance scale; negative pushes away (default -10); "
+                   "0 or more does not anonymize and is refused without --force")
+    g.add_argument("--force", action="store_true", help="run even when a setting defeats the purpose: --guidance "
+                   "0 or more (the faces keep or gain their identity), or a .jpg output for a photo with an alpha "
+                   "channel (the alpha is dropped)")
+    g.add_argument("--skip", type=float, help="fraction of the diffusion skipped by the inversion "
+                   f"({solver.SKIP_MIN:g} to {solver.SKIP_MAX:g}; default {solver.DEFAULT_SKIP:g})")
+    g.add_argument("--steps", type=int, help=f"inversion/sampling steps ({solver.MIN_STEPS} to {solver.MAX_STEPS}; "
+                   f"default {solver.DEFAULT_STEPS})")
+    g.add_argument("--seed", type=int, help="seed of the inversion noise (default 0)")
+    g.add_argument("--attribute", help="attribute text for the new face, e.g. 'an old man' (default none)")
+    g.add_argument("--faces", help="which faces: all, largest, or N for the N largest (default all)")
+    g.add_argument("--leave-other-faces", action="store_true", help="with --faces N: leave the faces beyond "
+                   "the N largest exactly as they are (outlined, the photo marked and each reported) instead of "
+                   "stopping with an error")
+    g.add_argument("--min-face-size", type=int, dest="min_face_size", help="faces smaller than this (px) are "
+                   "covered with a flat fill instead of anonymized by the model (default 0: every face goes to "
+                   "the model)")
+    g.add_argument("--crop-size", type=int, dest="crop_size", help="aligned face crop size in px (a multiple of 8 "
+                   f"from {align.MIN_CROP_SIZE} to {align.MAX_CROP_SIZE}; default 1024)")
+    g.add_argument("--checkpoint", help=f"SDXL checkpoint file name in models/checkpoints "
+                   f"(default {model_registry.DEFAULT_CHECKPOINT})")
+
+
+def _add_audit_options(an):
+    from .faces import recognizers
+    g = an.add_argument_group("the audit and guaranteed mode")
+    g.add_argument("--allow-unanonymized", action="store_true", help="write the photo even when the audit finds "
+                   "a face still recognizable; it is then marked NOT ANONYMIZED (default: fail, write nothing)")
+    g.add_argument("--arcface-threshold", type=float, help="the audit's ArcFace cosine similarity at or above which a "
+                   f"face counts as still recognizable ({recognizers.ARCFACE_BOUNDS[0]:g} to "
+                   f"{recognizers.ARCFACE_BOUNDS[1]:g}; default {recognizers.ARCFACE_DEFAULT:g}; lower is stricter)")
+    g.add_argument("--dlib-threshold", type=float, help="the audit's dlib descriptor distance at or below which a "
+                   f"face counts as still recognizable ({recognizers.DLIB_BOUNDS[0]:g} to "
+                   f"{recognizers.DLIB_BOUNDS[1]:g}; default {recognizers.DLIB_DEFAULT:g}; higher is stricter)")
+    g.add_argument("--retry-guidance", type=_guidance_list, default=guarantee.RETRY_GUIDANCE, metavar="G1,G2,...",
+                   help="guaranteed mode: faces that fail the audit are sampled again, only those, with these "
+                   "stronger guidances in turn (default " + ",".join(f"{g:g}" for g in guarantee.RETRY_GUIDANCE)
+                   + "); the other faces stay bit-identical. After the last, the run fails naming the faces")
+    g.add_argument("--no-retry", action="store_true", help="no guaranteed mode: a face that fails the audit "
+                   "fails the run at once")
+
+
+def _add_server_options(an):
+    g = an.add_argument_group("servers")
+    g.add_argument("--server", action="append", help="URL of a running ComfyUI with the pack (default: start the "
+                   "local one); give it several times to spread the items over several servers")
+    g.add_argument("--comfyui", help="ComfyUI folder to start (default: $COMFYUI_DIR, or "
+                   ".host/comfyui-$REVPERS_HOST, default 0.3.75)")
+    g.add_argument("--models", help="an extra models folder (checkpoints/, ipadapter/, insightface/...) for "
+                   "the local server; with --standin-weights, where the stand-ins go")
+    g.add_argument("--standin-weights", action="store_true", help="installation check: generate random "
+                   "stand-in weights and run the same graph on them (output is NOT an anonymization). "
+                   f"Defaults then: --steps {STANDIN_DEFAULTS['steps']}, --crop-size {STANDIN_DEFAULTS['crop_size']}"
+                   ", and on a CPU a local server with the UNet in bf16 and PyTorch attention (see --standin-unet)")
+    g.add_argument("--standin-unet", choices=sorted(STANDIN_CPU_SERVER_ARGS), default="bf16",
+                   help="with --standin-weights on a CPU: UNet weights in bf16 (default; the server peaks at ~14 GiB "
+                   "for the SDXL stand-in) or fp32 (~20 GiB; faster per step at large sizes)")
+    g.add_argument("--standin-arch", choices=("sdxl", "sd15"), default="sdxl",
+                   help="architecture of the stand-ins (default sdxl, what the job uses)")
+    g.add_argument("--gpu", action="store_true", help="do not pass --cpu to the local server even without CUDA")
+    g.add_argument("--server-args", help="more arguments for the local server, e.g. '--bf16-unet'")
+    g.add_argument("--python", help="Python to run the local server with (default: this one)")
+    g.add_argument("--timeout", type=float, default=24 * 3600.0, help="seconds to wait for the run of an item")
+    g.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the server")
+
+
+def _anonymize_parser(sub):
     an = sub.add_parser("anonymize", help="anonymize every face in photos and clips",
                         description="Anonymize every face in a photo, a clip or a folder of them with the shipped "
                         "workflows. Options left out keep the workflow's values (the paper's defaults, shown below). "
@@ -554,89 +635,29 @@ def build_parser():
                         "whole job (or several --server), one line per item, a manifest of every item and face, and a "
                         "journal so that the same command run again skips what is done. A bad item is reported and "
                         "the others go on; the exit code is not 0 when any item was not anonymized.")
-    an.add_argument("inputs", nargs="*", metavar="INPUT", help="a photo (png, jpg, webp...), a clip (mp4, mov, mkv, "
-                    "webm, avi...), or a folder of them (subfolders included); several may be given")
-    an.add_argument("--example", choices=sorted(EXAMPLES), help="anonymize an example photo instead: 'group' is "
-                    "the group photo that ships with InsightFace (with --standin-weights, marker faces the "
-                    "stand-in detector can see are drawn over its six faces)")
-    an.add_argument("-o", "--output", required=True, help="where to write: the anonymized photo (.png/.jpg/.webp) "
-                    "or clip (.mp4/.mov/.mkv); for a folder or several inputs, the output folder")
-    an.add_argument("--server", action="append", help="URL of a running ComfyUI with the pack (default: start the "
-                    "local one); give it several times to spread the items over several servers")
-    an.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (default: an "
-                    "existing output is not touched, and the item is reported)")
-    an.add_argument("--manifest", help="for several items: where to write the manifest, .json or .csv (default: "
-                    f"{batch.MANIFEST_NAME} in the output folder); per item and face, the audit's figures")
-    an.add_argument("--comfyui", help="ComfyUI folder to start (default: $COMFYUI_DIR, or .host/comfyui-$REVPERS_HOST, default 0.3.75)")
-    an.add_argument("--models", help="an extra models folder (checkpoints/, ipadapter/, insightface/...) for "
-                    "the local server; with --standin-weights, where the stand-ins go")
-    an.add_argument("--workflow", help="API-format workflow for photos (default: the shipped anonymize_photo)")
-    an.add_argument("--video-workflow", help="API-format workflow for clips (default: the shipped anonymize_video)")
-    an.add_argument("--crf", type=int, default=media.CRF_DEFAULT, help="quality of the encoded clips: x264's constant "
-                    f"rate factor, 0 (lossless) to 51 (default {media.CRF_DEFAULT}, visually lossless)")
-    an.add_argument("--guidance", type=float, help="identity guidance scale; negative pushes away (default -10); "
-                    "0 or more does not anonymize and is refused without --force")
-    an.add_argument("--force", action="store_true", help="run even when a setting defeats the purpose: --guidance "
-                    "0 or more (the faces keep or gain their identity), or a .jpg output for a photo with an alpha "
-                    "channel (the alpha is dropped)")
-    an.add_argument("--skip", type=float, help="fraction of the diffusion skipped by the inversion "
-                    f"({solver.SKIP_MIN:g} to {solver.SKIP_MAX:g}; default {solver.DEFAULT_SKIP:g})")
-    an.add_argument("--steps", type=int, help=f"inversion/sampling steps ({solver.MIN_STEPS} to {solver.MAX_STEPS}; "
-                    f"default {solver.DEFAULT_STEPS})")
-    an.add_argument("--seed", type=int, help="seed of the inversion noise (default 0)")
-    an.add_argument("--attribute", help="attribute text for the new face, e.g. 'an old man' (default none)")
-    an.add_argument("--faces", help="which faces: all, largest, or N for the N largest (default all)")
-    an.add_argument("--leave-other-faces", action="store_true", help="with --faces N: leave the faces beyond "
-                    "the N largest exactly as they are (outlined, the photo marked and each reported) instead of "
-                    "stopping with an error")
-    an.add_argument("--min-face-size", type=int, dest="min_face_size", help="faces smaller than this (px) are "
-                    "covered with a flat fill instead of anonymized by the model (default 0: every face goes to "
-                    "the model)")
-    an.add_argument("--allow-unanonymized", action="store_true", help="write the photo even when the audit finds "
-                    "a face still recognizable; it is then marked NOT ANONYMIZED (default: fail, write nothing)")
-    an.add_argument("--arcface-threshold", type=float, help="the audit's ArcFace cosine similarity at or above which a "
-                    f"face counts as still recognizable ({recognizers.ARCFACE_BOUNDS[0]:g} to "
-                    f"{recognizers.ARCFACE_BOUNDS[1]:g}; default {recognizers.ARCFACE_DEFAULT:g}; lower is stricter)")
-    an.add_argument("--dlib-threshold", type=float, help="the audit's dlib descriptor distance at or below which a "
-                    f"face counts as still recognizable ({recognizers.DLIB_BOUNDS[0]:g} to "
-                    f"{recognizers.DLIB_BOUNDS[1]:g}; default {recognizers.DLIB_DEFAULT:g}; higher is stricter)")
-    an.add_argument("--retry-guidance", type=_guidance_list, default=guarantee.RETRY_GUIDANCE, metavar="G1,G2,...",
-                    help="guaranteed mode: faces that fail the audit are sampled again, only those, with these "
-                    "stronger guidances in turn (default " + ",".join(f"{g:g}" for g in guarantee.RETRY_GUIDANCE)
-                    + "); the other faces stay bit-identical. After the last, the run fails naming the faces")
-    an.add_argument("--no-retry", action="store_true", help="no guaranteed mode: a face that fails the audit "
-                    "fails the run at once")
-    an.add_argument("--crop-size", type=int, dest="crop_size", help="aligned face crop size in px (a multiple of 8 "
-                    f"from {align.MIN_CROP_SIZE} to {align.MAX_CROP_SIZE}; default 1024)")
-    an.add_argument("--checkpoint", help=f"SDXL checkpoint file name in models/checkpoints "
-                    f"(default {model_registry.DEFAULT_CHECKPOINT})")
-    an.add_argument("--standin-weights", action="store_true", help="installation check: generate random "
-                    "stand-in weights and run the same graph on them (output is NOT an anonymization). "
-                    f"Defaults then: --steps {STANDIN_DEFAULTS['steps']}, --crop-size {STANDIN_DEFAULTS['crop_size']}"
-                    ", and on a CPU a local server with the UNet in bf16 and PyTorch attention (see --standin-unet)")
-    an.add_argument("--standin-unet", choices=sorted(STANDIN_CPU_SERVER_ARGS), default="bf16",
-                    help="with --standin-weights on a CPU: UNet weights in bf16 (default; the server peaks at ~14 GiB "
-                    "for the SDXL stand-in) or fp32 (~20 GiB; faster per step at large sizes)")
-    an.add_argument("--standin-arch", choices=("sdxl", "sd15"), default="sdxl",
-                    help="architecture of the stand-ins (default sdxl, what the job uses)")
-    an.add_argument("--gpu", action="store_true", help="do not pass --cpu to the local server even without CUDA")
-    an.add_argument("--server-args", help="more arguments for the local server, e.g. '--bf16-unet'")
-    an.add_argument("--python", help="Python to run the local server with (default: this one)")
-    an.add_argument("--timeout", type=float, default=24 * 3600.0, help="seconds to wait for the run")
-    an.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the server")
-    an.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    for add in (_add_item_options, _add_method_options, _add_audit_options, _add_server_options):
+        add(an)
+    return an
 
+
+def _models_parser(sub):
     mo = sub.add_parser("models", help="download (or check) the real model files",
                         description="Download the model files the job needs from their public sources, "
                         "with progress and sha256 verification; --check only verifies.")
     mo.add_argument("--models", help="models base folder (default: $REVPERS_MODELS, or the ComfyUI's models/)")
-    mo.add_argument("--comfyui", help="ComfyUI folder whose models/ to use (default: $COMFYUI_DIR, or .host/comfyui-$REVPERS_HOST, default 0.3.75)")
+    mo.add_argument("--comfyui", help="ComfyUI folder whose models/ to use (default: $COMFYUI_DIR, or "
+                    ".host/comfyui-$REVPERS_HOST, default 0.3.75)")
     mo.add_argument("--check", action="store_true", help="only check: list what is missing, verify sha256")
     mo.add_argument("--only", nargs="+", metavar="NAME", help="only these files (or buffalo_l.zip)")
     mo.add_argument("--checkpoint", help="your own SDXL checkpoint instead of the SDXL base (checked, not downloaded)")
     mo.add_argument("--source-base", help="fetch <URL>/<file name> instead of the public sources (a mirror); "
                     "also $REVPERS_MODEL_SOURCE")
     mo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return mo
+
+
+def _audit_parser(sub):
+    from .faces import recognizers
     au = sub.add_parser("audit", help="audit a folder of anonymized photos against their originals, offline",
                         description="The audit of the saved images over a whole set: the photos of ANONYMIZED "
                         "matched to those of ORIGINALS by file name; every original face against what is at its "
@@ -655,7 +676,19 @@ def build_parser():
     au.add_argument("--dlib-threshold", type=float, default=recognizers.DLIB_DEFAULT,
                     help=f"same person at or below this distance (default {recognizers.DLIB_DEFAULT:g})")
     au.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.commands = {"anonymize": an, "models": mo, "audit": au}
+    return au
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="revpers", description="Reverse Personalization: face anonymization "
+                                "by negative identity guidance, run through ComfyUI.",
+                                epilog="exit codes: 0 done, 1 the run failed (for many items: any item not "
+                                "anonymized), 2 bad arguments, 3 model files missing, 4 no usable server (or it "
+                                "stopped during the run; nothing is written), 5 written although the audit failed "
+                                "(--allow-unanonymized), 130 interrupted")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    p.commands = {"anonymize": _anonymize_parser(sub), "models": _models_parser(sub), "audit": _audit_parser(sub)}
     return p
 
 
