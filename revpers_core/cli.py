@@ -247,14 +247,15 @@ def _host_dir(p, a):
         p.error(str(e))
 
 
-def generate_standins(cache, arch, comfyui_dir):
-    script = REPO / "scripts" / "standins.py"
-    if not script.is_file():
-        raise CliError(f"--standin-weights needs {script} (run from a checkout of the repository)", EXIT_USAGE)
-    cmd = [sys.executable, str(script), "--models", str(cache), f"--{arch}", "--faceid", "--buffalo",
-           "--comfyui", str(comfyui_dir)]
-    say(f"generating stand-in weights into {cache} (once; later runs reuse them)")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def generate_standins(models_dir, arch, comfyui_dir):
+    """The stand-ins of `arch` (checkpoint, FaceID adapter, buffalo_l) in `models_dir`, generated once by
+    `python -m revpers_core.standins` in a child process (the SDXL one peaks near 8 GiB, given back when it
+    ends), its lines relayed; kept when already there."""
+    cmd = [sys.executable, "-m", "revpers_core.standins", "--models", str(models_dir), f"--{arch}", "--faceid",
+           "--buffalo", "--comfyui", str(comfyui_dir)]
+    say(f"generating stand-in weights into {models_dir} (once; later runs reuse them)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     for line in proc.stdout:  # relayed line by line (works when stderr is not a real file)
         say("  | " + line.rstrip())
     proc.wait()
@@ -270,7 +271,7 @@ def _local_models(a, comfyui_dir, entries):
         generate_standins(models_dir, a.standin_arch, comfyui_dir)
     elif not a.server:
         bases = ([models_dir] if models_dir else []) + [comfyui_dir / "models"]
-        missing = servers.missing_locally(entries, bases, servers.extra_model_folders(comfyui_dir))
+        missing = model_registry.check(bases, entries, extra_dirs=servers.extra_model_folders(comfyui_dir))
         if missing:
             raise CliError(model_registry.describe_missing(missing), EXIT_MISSING)
     return models_dir

@@ -13,8 +13,7 @@ from .api import ComfyClient, ComfyError, ServerGone
 from .errors import EXIT_MISSING, EXIT_SERVER, CliError
 from .progress import say
 
-__all__ = ["Server", "start_local", "check_servers", "cpu_only", "server_gone_message", "extra_model_folders",
-           "missing_locally"]
+__all__ = ["Server", "start_local", "check_servers", "cpu_only", "server_gone_message", "extra_model_folders"]
 
 
 @dataclass
@@ -143,25 +142,4 @@ def extra_model_folders(comfyui_dir):
             if folder in ("base_path", "is_default") or not isinstance(value, str):
                 continue
             out.setdefault(folder, []).extend(base / line.strip() for line in value.splitlines() if line.strip())
-    return out
-
-
-def missing_locally(entries, bases, extra=None):
-    """Registry entries found (with the right size, where known) in none of the model base folders
-    or the yaml's folders. A file of the wrong size is reported where it was found."""
-    extra = extra or {}
-    out = []
-    for e in entries:
-        top, _, rest = e.folder.partition("/")
-        candidates = [Path(b) / e.folder / e.name for b in bases]
-        candidates += [Path(d) / rest / e.name if rest else Path(d) / e.name for d in extra.get(top, [])]
-        found = [c for c in candidates if c.is_file()]
-        if any(e.size is None or c.stat().st_size == e.size for c in found):
-            continue
-        source = e.source.url + (f" (unpacked into {e.source.unpack_to}/)" if e.source.unpack_to else "")
-        if found:
-            out.append(model_registry.MissingFile(e.name, found[0].parent, source, e.role,
-                                                  f"{found[0].stat().st_size} bytes, expected {e.size}"))
-        else:
-            out.append(model_registry.MissingFile(e.name, candidates[0].parent, source, e.role))
     return out
