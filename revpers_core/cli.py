@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import batch, guarantee, media, servers, workflow
+from . import batch, guarantee, media, servers, standins, workflow
 from . import models as model_registry
 from .api import ComfyError, ServerGone
 from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_MISSING, EXIT_OK, EXIT_SERVER,  # noqa: F401 (exit codes)
@@ -40,8 +40,9 @@ from .progress import NodeProgress, say
 
 REPO = Path(__file__).resolve().parent.parent
 
-STANDIN_CHECKPOINT = {"sdxl": "revpers-standin-sdxl.safetensors", "sd15": "revpers-standin-sd15.safetensors"}
-STANDIN_ADAPTER = {"sdxl": "ip-adapter-faceid_sdxl.bin", "sd15": "ip-adapter-faceid_sd15.bin"}
+# The file names the stand-ins have (revpers_core.standins), as the workflows' loaders name them.
+STANDIN_CHECKPOINT = {arch: Path(path).name for arch, path in standins.CHECKPOINTS.items()}
+STANDIN_ADAPTER = {arch: Path(path).name for arch, path in standins.FACEID.items()}
 # Small defaults for the installation check (random weights, CPU): options given explicitly win.
 STANDIN_DEFAULTS = {"steps": 3, "crop_size": 128}
 # How a local server started for the installation check on a CPU (no CUDA) runs the full-size SDXL
