@@ -37,17 +37,19 @@ MANIFEST_NAME = "manifest.json"
 
 @dataclass
 class Entry:
-    """One input of the job and where its output goes; `key` is the output's path under the output folder."""
+    """One input of the job and where its output goes: `label` is the input's path as given (under its
+    folder), `key` the output's path under the output folder (the journal's key)."""
 
     source: Path
     output: Path
     key: str
     kind: str = None  # "photo", "clip", or None (neither, by its suffix)
+    label: str = ""
 
     def make_item(self, crf):
         if self.kind == "clip":
-            return ClipItem(self.source, self.output, self.key, crf)
-        return PhotoItem(self.source, self.output, self.key)
+            return ClipItem(self.source, self.output, self.label, crf)
+        return PhotoItem(self.source, self.output, self.label)
 
 
 def output_name(relative, kind):
@@ -80,12 +82,12 @@ def plan_entries(inputs, output):
             pairs = [(given, Path(given.name))]
         for source, relative in pairs:
             kind = media.kind_of(source)
-            key = output_name(relative, kind).as_posix()
+            key = (output_name(relative, kind) if kind else relative).as_posix()
             if key in by_key:
                 raise CliError(f"{source} and {by_key[key]} would both be written to {output / key}; give them "
                                "separately or rename one", EXIT_USAGE)
             by_key[key] = source
-            entries.append(Entry(source, output / key, key, kind))
+            entries.append(Entry(source, output / key, key, kind, relative.as_posix()))
     return entries
 
 
@@ -254,7 +256,7 @@ class Runner:
         earlier = self.journal.finished_before(entry)
         if earlier is not None:
             record = dict(earlier["outcome"], skipped="already done and audited by an earlier run of this job")
-            return self._settle(entry, record, "skipped", f"already done: {entry.key}")
+            return self._settle(entry, record, "skipped", f"already done: {entry.label}")
         if entry.kind is None:
             return self._settle(entry, self._failed(entry, "not a photo or clip this tool reads (by its suffix: "
                                                     f"photos {', '.join(media.PHOTO_SUFFIXES)}; clips "
@@ -274,7 +276,7 @@ class Runner:
         self.records[entry.key] = record
         self.progress.count(counted)
         if line or record.get("reason"):
-            say(line or f"{record['status'].upper()}: {entry.key}: {record['reason']}")
+            say(line or f"{record['status'].upper()}: {entry.label}: {record['reason']}")
         return record
 
     def _work_everywhere(self):
@@ -348,7 +350,7 @@ class Runner:
                 except ServerGone as e:
                     server.gone = str(e)
                     others = [s.url for s in self.servers if not s.gone]
-                    say(f"the server at {server.url} stopped answering ({e.stage}); {entry.key} "
+                    say(f"the server at {server.url} stopped answering ({e.stage}); {entry.label} "
                         + (f"goes to another server ({', '.join(others)})" if others else "cannot go to another server"))
                     self._done_with(entry, give_back=True)
                     return
@@ -361,7 +363,7 @@ class Runner:
         adopt = self._adoptable(entry, server, client)
         if adopt is None:
             self.journal.begin(entry, server.url)
-        progress = NodeProgress({}, enabled=not self.settings.quiet, position=position, prefix=f"{entry.key}: ",
+        progress = NodeProgress({}, enabled=not self.settings.quiet, position=position, prefix=f"{entry.label}: ",
                                 verbose=False)
         job = Job(item, self.settings, client, progress, lambda event, **d: self.journal.note(entry, event, **d))
         outcome = self._outcome(job, entry, adopt)
@@ -382,6 +384,8 @@ class Runner:
     def _outcome(self, job, entry, adopt):
         try:
             return job.run(self.workdir, adopt)
+        except ServerGone:
+            raise  # not the item's fault: another server takes it
         except (media.MediaError, CliError, ComfyError) as e:
             if isinstance(e, CliError) and e.code == EXIT_INTERRUPTED:
                 self.stop.set()
@@ -396,17 +400,17 @@ class Runner:
         prompt_id, state = client.find_prompt(earlier["token"])
         if state not in ("success", "running", "pending"):
             return None
-        say(f"{entry.key}: resuming prompt {prompt_id} ({state}) that the earlier run left on {server.url}")
+        say(f"{entry.label}: resuming prompt {prompt_id} ({state}) that the earlier run left on {server.url}")
         return {"prompt_id": prompt_id, "attempts": earlier.get("attempts") or [],
                 "overrides": {int(k): v for k, v in (earlier.get("overrides") or {}).items()}}
 
     @staticmethod
     def _line(entry, record):
         if record["status"] == "failed":
-            return f"FAILED: {entry.key}: {record['reason']}"
+            return f"FAILED: {entry.label}: {record['reason']}"
         what = f"{record['frames']} frames, " if record.get("frames") != "" else ""
         audit = f"audit {record['audit']}" if record["audit"] else "no audit in the workflow"
         mark = " (marked NOT ANONYMIZED, by request)" if record["status"] == "unanonymized" else ""
-        return (f"{record['status']}: {entry.key} -> {record['output']}{mark} ({what}{record['faces']} face(s), {audit}, "
+        return (f"{record['status']}: {entry.label} -> {record['output']}{mark} ({what}{record['faces']} face(s), {audit}, "
                 f"{record['attempts']} attempt(s), {record['seconds']:.1f} s on {record['server']})")
 

@@ -350,6 +350,9 @@ def _run_single(a, settings, server, workdir):
     except ComfyError as e:
         raise CliError(f"the server answered with an error: {e}", EXIT_SERVER)
     _print_checks(outcome, settings)
+    if a.manifest:
+        entry = batch.Entry(item.source, item.output, Path(item.output).name, item.kind)
+        batch.write_manifest(a.manifest, [batch.outcome_record(entry, outcome, server.url)])
     if outcome.status == "failed":
         raise CliError(outcome.message, outcome.code)
     print(f"wrote {', '.join(str(w) for w in outcome.written)} ({outcome.seconds:.1f} s)")
@@ -549,8 +552,9 @@ def _add_item_options(an):
                    "or clip (.mp4/.mov/.mkv); for a folder or several inputs, the output folder")
     g.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (default: an "
                    "existing output is not touched, and the item is reported)")
-    g.add_argument("--manifest", help="for several items: where to write the manifest, .json or .csv (default: "
-                   f"{batch.MANIFEST_NAME} in the output folder); per item and face, the audit's figures")
+    g.add_argument("--manifest", help="where to write the manifest, .json or .csv: per item and face, the audit's "
+                   f"figures (for several items the default is {batch.MANIFEST_NAME} in the output folder; for one, "
+                   "none unless asked)")
     g.add_argument("--crf", type=int, default=media.CRF_DEFAULT, help="quality of the encoded clips: x264's constant "
                    f"rate factor, 0 (lossless) to 51 (default {media.CRF_DEFAULT}, visually lossless)")
     g.add_argument("--workflow", help="API-format workflow for photos (default: the shipped anonymize_photo)")
