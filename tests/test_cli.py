@@ -235,8 +235,7 @@ def test_an_unreachable_server_is_reported(photo, tmp_path, capsys):
 def test_the_anonymity_check_text_is_printed(comfy_server, tmp_path, capsys):
     """The pack's own check node (stand-in buffalo_l, a photo with a marker face compared with
     itself): the CLI prints the text of the node's `ui` output."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    import standins
+    from revpers_core import standins
     from revpers_core.standins.buffalo_l import draw_marker_face
 
     standins.generate_buffalo(comfy_server.models_dir, seed=0, log=lambda s: None)
@@ -425,10 +424,9 @@ def test_example_job_on_standins_shows_progress_and_the_anonymity_figures(tmp_pa
 
 
 def test_standins_are_taken_from_another_models_folder_instead_of_regenerated(tmp_path):
-    """scripts/standins.py --reuse: a current stand-in (same kind, seed and generator) in another models
-    folder is hard-linked with its marker; one for another seed is not taken."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    import standins
+    """Stand-ins with reuse: a current stand-in (same kind, seed and generator) in another models folder
+    is hard-linked with its marker; one for another seed is not taken."""
+    from revpers_core import standins
 
     logs = []
     made = standins.generate_faceid(tmp_path / "quickstart", "sd15", seed=0, log=logs.append)

@@ -183,21 +183,19 @@ def test_cli_requires_a_choice(tmp_path, capsys):
     assert "choose what to generate" in capsys.readouterr().err
 
 
-def test_the_package_and_the_script_generate_the_same_files(tmp_path):
-    """`python -m revpers_core.standins` (what an installed pack has) and scripts/standins.py (its
-    command-line wrapper in a checkout) write the same files; a second run keeps them."""
-    outputs = {}
-    for name, cmd in (("package", [sys.executable, "-m", "revpers_core.standins"]),
-                      ("script", [sys.executable, str(REPO / "scripts" / "standins.py")])):
-        models = tmp_path / name
-        for _ in range(2):
-            run = subprocess.run(cmd + ["--models", str(models), "--buffalo"], cwd=tmp_path, capture_output=True,
-                                 text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-            assert run.returncode == 0, run.stderr
-        assert "kept" in run.stdout
-        folder = models / standins.BUFFALO_DIR
-        outputs[name] = {p.name: p.read_bytes() for p in folder.glob("*.onnx")}
-    assert len(outputs["package"]) == 5 and outputs["package"] == outputs["script"]
+def test_the_command_line_generates_files_identical_to_the_function_and_keeps_them(tmp_path):
+    """`python -m revpers_core.standins` (what an installed pack has, run outside the checkout) writes the
+    same files as `standins.generate`; a second run keeps them."""
+    models = tmp_path / "command"
+    for _ in range(2):
+        run = subprocess.run([sys.executable, "-m", "revpers_core.standins", "--models", str(models), "--buffalo"],
+                             cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert run.returncode == 0, run.stderr
+    assert "kept" in run.stdout
+    standins.generate(tmp_path / "function", checkpoints=(), faceid=False, buffalo=True, log=lambda s: None)
+    made = {p.name: p.read_bytes() for p in (models / standins.BUFFALO_DIR).glob("*.onnx")}
+    want = {p.name: p.read_bytes() for p in (tmp_path / "function" / standins.BUFFALO_DIR).glob("*.onnx")}
+    assert len(made) == 5 and made == want
 
 
 def _check_checkpoint(arch, expected_keys, expected_class):
