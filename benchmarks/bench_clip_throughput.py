@@ -71,7 +71,8 @@ def main():
         flows[kind] = work / f"{kind}.json"
         flows[kind].write_text(__import__("json").dumps(workflow.apply_knobs(
             workflow.load_workflow(workflow.find_workflow(None, kind)), names)))
-    server = servers.start_local(comfyui, ["--cpu", *cli.STANDIN_CPU_SERVER_ARGS["bf16"]], models, work)
+    server = servers.start_local(comfyui, ["--cpu", *cli.STANDIN_CPU_SERVER_ARGS["fp32" if a.arch == "sd15" else "bf16"]],
+                                  models, work)
     try:
         common = ["--server", server.url, "--steps", a.steps, "--crop-size", a.crop, "-q", "--overwrite"]
         clip_times, photo_times = [], []
