@@ -1,6 +1,6 @@
 """Identity-guided conditioning: the FaceID adapter on a MODEL, identity on the conditional branch."""
 from .common import EMBEDDING, FACEID_ADAPTER, category
-from . import _comfy_model
+from ._identity_attention import apply_faceid
 
 
 class RevPersIdentityConditioning:
@@ -36,7 +36,7 @@ class RevPersIdentityConditioning:
     CATEGORY = category("Identity")
 
     def apply(self, model, faceid_adapter, ip_adapter_scale, embedding=None):
-        return (_comfy_model.apply_faceid(model, faceid_adapter, embedding, float(ip_adapter_scale)),)
+        return (apply_faceid(model, faceid_adapter, embedding, float(ip_adapter_scale)),)
 
 
 NODE_CLASS_MAPPINGS = {"RevPersIdentityConditioning": RevPersIdentityConditioning}

@@ -1,10 +1,11 @@
 """Inverse diffusion: edit-friendly DDPM inversion of face latents."""
 from .common import INVERSION, MAX_ROWS_INPUT, Progress, category
-from . import _comfy_model
+from ._diffusion_runs import run_inversion
+from ._identity_attention import identity_of
 
 
 def _check_inversion_model(model):
-    tokens = _comfy_model.identity_of(model)
+    tokens = identity_of(model)
     if tokens is None:
         raise ValueError("Invert (RevPers) needs the MODEL from Identity Conditioning with NO embedding connected (the "
                          "FaceID adapter with the null identity on both branches); this MODEL has no FaceID adapter")
@@ -69,9 +70,8 @@ class RevPersInvert:
             raise ValueError(f"steps must be at least 2 (got {steps})")
         if not 0.0 < float(skip) < 1.0:
             raise ValueError(f"skip must lie strictly between 0 and 1 (got {skip}); the paper uses 0.7")
-        record, x_T = _comfy_model.run_inversion(model, samples, conditioning, unconditional, float(guidance),
-                                                 int(steps), float(skip), int(seed), on_step=Progress(int(steps)),
-                                                 max_rows=int(max_rows))
+        record, x_T = run_inversion(model, samples, conditioning, unconditional, float(guidance), int(steps),
+                                    float(skip), int(seed), on_step=Progress(int(steps)), max_rows=int(max_rows))
         return (record, {"samples": x_T})
 
 

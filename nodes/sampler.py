@@ -4,14 +4,15 @@ import logging
 from revpers_core import guarantee
 
 from .common import INVERSION, MAX_ROWS_INPUT, Progress, category
-from . import _comfy_model
+from ._diffusion_runs import run_sampling
+from ._identity_attention import identity_of
 
 log = logging.getLogger("revpers")
 
 
 def check_identity(model, record):
     """The MODEL must carry one identity embedding per inverted face (privacy: never sample without one)."""
-    tokens = _comfy_model.identity_of(model)
+    tokens = identity_of(model)
     if tokens is None or not tokens.has_identity:
         raise ValueError("the MODEL carries no identity: connect the MODEL from Identity Conditioning WITH the faces' "
                          "embeddings. Without an identity the sampler would reproduce the input faces, not "
@@ -74,16 +75,15 @@ class RevPersAnonymizedSampler:
     def sample(self, model, conditioning, attribute, inversion, guidance, reference_compat, reference_size,
                face_guidance="", max_rows=0):
         check_identity(model, inversion)
-        tokens = _comfy_model.identity_of(model)
+        tokens = identity_of(model)
         overrides = guarantee.parse_face_guidance(face_guidance, inversion.batch_size)
         scales = guarantee.row_guidance(float(guidance), overrides, inversion.batch_size)
         warning = guarantee.weak_guidance_warning(float(guidance), tokens.scale)
         if warning:
             log.warning("revpers: %s", warning)
-        out = _comfy_model.run_sampling(model, inversion, conditioning, attribute, float(guidance),
-                                        bool(reference_compat), int(reference_size),
-                                        on_step=Progress(inversion.steps), row_scales=scales,
-                                        max_rows=int(max_rows))
+        out = run_sampling(model, inversion, conditioning, attribute, float(guidance), bool(reference_compat),
+                           int(reference_size), on_step=Progress(inversion.steps), row_scales=scales,
+                           max_rows=int(max_rows))
         text = [warning] if warning else []
         if overrides:
             text.append(f"per-face guidance: {guarantee.format_face_guidance(overrides)} (the other faces: "

@@ -78,8 +78,6 @@ class FaceIDAdapter:
     processors: Dict[int, Dict[str, torch.Tensor]]
     num_processors: int
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells apart two loads, even of one file
-    _delta_cache: Dict[torch.dtype, Dict[Tuple[int, str], torch.Tensor]] = field(default_factory=dict, repr=False)
-    _device_copies: Dict[str, Dict[int, Tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict, repr=False)
 
     # -- shapes -------------------------------------------------------------------------------
     @property
@@ -124,25 +122,32 @@ class FaceIDAdapter:
         x = x.reshape(-1, self.num_tokens, self.cross_attention_dim)
         return F.layer_norm(x, (self.cross_attention_dim,), p["norm.weight"], p["norm.bias"])
 
-    def project_with_null(self, embeddings: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(tokens of each row of ``embeddings`` [B, T, D], tokens of the null (zero) embedding [1, T, D]).
-        Each distinct row is projected as the reference projects a face, in a batch [null, e] of its own, so
-        a face's tokens do not depend on the other faces of the batch (nor on a chunk of it), and equal rows,
-        such as the faces of one track, get bit-identical tokens."""
+    def project_identities(self, embeddings) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The token sets of ``embeddings`` [F, E] and the set of each face: (sets [S, T, D], index [F]).
+        Set 0 holds the tokens of the null (zero) embedding, then one set per distinct embedding. Each is
+        projected as the reference projects a face, in a batch [null, e] of its own, so a face's tokens do
+        not depend on the other faces of the batch (nor on a chunk of it), and equal embeddings, such as
+        the faces of one track, get bit-identical tokens. None: the null set alone, no face (projected in
+        the same [null, null] batch shape, so it is bit-identical to the null set of any embeddings)."""
+        null = torch.zeros(1, self.embedding_dim)
+        if embeddings is None:
+            return self.project(torch.cat([null, null]))[:1], torch.zeros(0, dtype=torch.long)
         e = torch.as_tensor(embeddings).detach().to(device="cpu", dtype=torch.float32)
-        if e.ndim != 2:
-            return self.project(e), None  # project() says what is wrong with the shape
-        null = torch.zeros(1, e.shape[1])
-        seen, tokens, null_tokens = {}, [], None
+        if e.ndim != 2 or e.shape[0] < 1 or e.shape[1] != self.embedding_dim:
+            raise ValueError(f"identity embeddings must be [faces, {self.embedding_dim}] for adapter '{self.name}' "
+                             f"(got shape {tuple(e.shape)})")
+        seen: Dict[bytes, int] = {}
+        sets, index = [], []
         for row in e:
             key = row.numpy().tobytes()
             if key not in seen:
                 pair = self.project(torch.cat([null, row[None]]))
-                seen[key], null_tokens = pair[1:], pair[:1]
-            tokens.append(seen[key])
-        if null_tokens is None:
-            null_tokens = self.project(null)
-        return torch.cat(tokens) if tokens else null_tokens[:0], null_tokens
+                if not sets:
+                    sets.append(pair[:1])
+                seen[key] = len(sets)
+                sets.append(pair[1:])
+            index.append(seen[key])
+        return torch.cat(sets), torch.tensor(index, dtype=torch.long)
 
     # -- per-layer weights --------------------------------------------------------------------
     def identity_weights(self, block: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -150,37 +155,17 @@ class FaceIDAdapter:
         p = self.processors[2 * block + 1]
         return p["to_k_ip"], p["to_v_ip"]
 
-    def identity_weights_on(self, block: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
-        """`identity_weights` on ``device`` (stored dtype), copied once per device and shared by every
-        MODEL patched with this adapter."""
-        device = torch.device(device)
-        if device == torch.device("cpu"):
-            return self.identity_weights(block)
-        copies = self._device_copies.setdefault(str(device), {})
-        if block not in copies:
-            copies[block] = tuple(w.to(device) for w in self.identity_weights(block))
-        return copies[block]
+    def lora_layers(self, block: int):
+        """(attention, projection, up, down) of every LoRA pair of transformer block ``block`` the file
+        carries (attention "attn1" or "attn2", projection "to_q" … "to_out"): the low-rank factors
+        themselves, ΔW = up · down at weight 1, for the host to merge into the model's weights."""
+        for attn, _, proj, up, down in self._lora_pairs(block):
+            yield attn, proj, up, down
 
-    def release_device_copies(self) -> None:
-        """Forget the copies made by `identity_weights_on` (e.g. when the model leaves the GPU)."""
-        self._device_copies.clear()
-
-    def lora_deltas(self, block: int, dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
-        """The LoRA weight deltas ΔW = up · down of transformer block ``block``, keyed ``attn1.to_q`` …
-        ``attn2.to_out`` (only those the file carries), computed in float32 and stored in ``dtype`` or in the
-        file's own LoRA dtype when that is narrower or ``dtype`` has fewer than 16 bits (the published files are
-        float16: their deltas stay float16 even for a float32 model, halving their memory; an fp8 model still
-        gets float16 deltas, which ComfyUI adds in float32). Cached, so every MODEL patched with this
-        adapter shares the same tensors."""
-        out = {}
-        for attn, n, proj, up, down in self._lora_pairs(block):
-            stored = dtype if 16 <= torch.finfo(dtype).bits <= torch.finfo(up.dtype).bits else up.dtype
-            cache = self._delta_cache.setdefault(stored, {})
-            key = (n, proj)
-            if key not in cache:
-                cache[key] = (up.to(torch.float32) @ down.to(torch.float32)).to(stored)
-            out[f"{attn}.{proj}"] = cache[key]
-        return out
+    def lora_bytes(self) -> int:
+        """Bytes of all the LoRA factors of the file (what its LoRA costs in memory)."""
+        return sum(t.numel() * t.element_size() for p in self.processors.values()
+                   for k, t in p.items() if "_lora." in k)
 
     def _lora_pairs(self, block: int):
         """(attention, processor number, projection, up, down) of every LoRA pair of transformer block

@@ -189,7 +189,6 @@ def test_the_model_receives_one_identity_and_modulation_per_person(comfy_inproce
     import oracle_model as om
 
     pack = comfy_inprocess
-    _comfy_model = pack.nodes._comfy_model
     rng = np.random.default_rng(3)
     base_rows = rng.normal(size=(2, 512)).astype(np.float32)
     per_face = np.concatenate([base_rows[[0, 0, 1, 0]] + 0.05 * rng.normal(size=(4, 512)).astype(np.float32)])
@@ -200,16 +199,16 @@ def test_the_model_receives_one_identity_and_modulation_per_person(comfy_inproce
         torch.from_numpy(rows), 30.0, False, 1.0, 5)[0]
     with torch.inference_mode():
         model = tiny_sdxl["node"].apply(tiny_sdxl["base"], tiny_sdxl["adapter"], 1.0, embedding)[0]
-    identity = _comfy_model.identity_of(model)
+    identity = pack.nodes._identity_attention.identity_of(model)
     seen = []
-    real_rows = identity.rows
+    real_keys_values = identity.keys_values
 
-    def recording(cond_or_uncond, rows_per_chunk, device, dtype):
-        out = real_rows(cond_or_uncond, rows_per_chunk, device, dtype)
-        seen.append((list(cond_or_uncond), out.detach().clone()))
-        return out
+    def recording(block, conditional, rows_per_branch, device, dtype):
+        keys, values = real_keys_values(block, conditional, rows_per_branch, device, dtype)
+        seen.append((list(conditional), keys.detach().clone()))
+        return keys, values
 
-    identity.rows = recording
+    identity.keys_values = recording
     x = om.latent("default")["samples"]
     latents = torch.cat([x, x.flip(-1), x.roll(3, -2), x.roll(5, -1)])
     pos, neg = om.conditioning("default", "generation")
@@ -220,9 +219,9 @@ def test_the_model_receives_one_identity_and_modulation_per_person(comfy_inproce
                                                                 -10.0, 4, 0.5, 0)
         pack.nodes.sampler.RevPersAnonymizedSampler().sample(model, pos, neg, record, -10.0, False, 1024)
     assert seen, "the identity attention was never called"
-    for chunks, tokens in seen:
-        for c, part in zip(chunks, tokens.chunk(len(chunks))):
-            if c != 0:  # the unconditional branch carries the null identity
+    for branches, keys in seen:
+        for conditional, part in zip(branches, keys.chunk(len(branches))):
+            if not conditional:  # the unconditional branch carries the null identity
                 continue
             assert torch.equal(part[0], part[1]) and torch.equal(part[0], part[3])  # person 0, frames 0, 1, 3
             assert not torch.allclose(part[0], part[2])                              # person 1

@@ -37,7 +37,7 @@ def test_oracle_adapter_layout():
     assert adapter.has_lora
     nolora = load_faceid_adapter(str(adapter_path("golden_nolora")))
     assert nolora.num_processors == 8 and not nolora.has_lora
-    assert nolora.lora_deltas(0) == {}
+    assert nolora.lora_bytes() == 0
 
 
 def test_bin_and_safetensors_give_the_same_adapter(tmp_path):
@@ -76,37 +76,37 @@ def test_projection_is_the_faceid_mlp():
     assert got[0].abs().sum() > 0
 
 
-def test_lora_deltas_are_up_times_down_and_shared():
+def test_lora_layers_are_the_files_own_factors():
+    """The LoRA is handed on as the file's low-rank factors (no product formed, no copy): every pair of a
+    transformer block, attn1 then attn2, and their bytes are the file's LoRA tensors."""
     adapter = load_faceid_adapter(str(adapter_path("golden")))
-    deltas = adapter.lora_deltas(1)
-    assert sorted(deltas) == sorted(f"{a}.{p}" for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v", "to_out"))
+    layers = list(adapter.lora_layers(1))
+    assert [(a, p) for a, p, _, _ in layers] == [(a, p) for a in ("attn1", "attn2")
+                                                 for p in ("to_q", "to_k", "to_v", "to_out")]
     p3 = adapter.processors[3]
-    assert torch.equal(deltas["attn2.to_k"], p3["to_k_lora.up"] @ p3["to_k_lora.down"])
-    assert adapter.lora_deltas(1)["attn1.to_q"] is deltas["attn1.to_q"]  # cached: patched MODELs share them
-    half = adapter.lora_deltas(1, torch.float16)
-    assert half["attn1.to_q"].dtype == torch.float16
+    attn2_k = next((up, down) for a, p, up, down in layers if (a, p) == ("attn2", "to_k"))
+    assert attn2_k[0] is p3["to_k_lora.up"] and attn2_k[1] is p3["to_k_lora.down"]
+    flat = load_file(str(adapter_path("golden")))
+    file_lora = sum(t.numel() * t.element_size() for k, t in flat.items() if "_lora." in k)
+    assert adapter.lora_bytes() == file_lora > 0
+    nolora = load_faceid_adapter(str(adapter_path("golden_nolora")))
+    assert nolora.lora_bytes() == 0 and list(nolora.lora_layers(0)) == []
 
 
-def test_device_copies_are_shared_and_released():
+def test_identity_token_sets_are_per_distinct_embedding():
+    """Token set 0 is the null embedding's; equal embeddings share a set (bit-identical tokens); a face's
+    tokens are what the reference's [null, e] projection gives it, whatever the other faces."""
     adapter = load_faceid_adapter(str(adapter_path("golden")))
-    k, v = adapter.identity_weights(2)
-    assert adapter.identity_weights_on(2, "cpu")[0] is k  # the CPU weights are the file's own
-    on_meta = adapter.identity_weights_on(2, "meta")
-    assert on_meta[0].device.type == "meta" and on_meta[0].shape == k.shape
-    assert adapter.identity_weights_on(2, "meta")[0] is on_meta[0]  # one copy per device
-    adapter.release_device_copies()
-    assert adapter.identity_weights_on(2, "meta")[0] is not on_meta[0]
-
-
-def test_lora_delta_precision_follows_the_file():
-    adapter = load_faceid_adapter(str(adapter_path("golden")))  # float32 factors
-    assert adapter.lora_deltas(0, torch.float32)["attn1.to_q"].dtype == torch.float32
-    half = faceid_adapter_from_state_dict(
-        {sec: {k: t.half() for k, t in d.items()} for sec, d in _nested(load_file(str(adapter_path("golden")))).items()},
-        "half.bin")
-    assert half.lora_deltas(0, torch.float32)["attn1.to_q"].dtype == torch.float16  # no wider than the file
-    assert half.lora_deltas(0, torch.bfloat16)["attn1.to_q"].dtype == torch.bfloat16
-    assert half.lora_deltas(0, torch.float8_e4m3fn)["attn1.to_q"].dtype == torch.float16  # never below 16 bits
+    e = golden()["ip_embeds_generation"].reshape(2, 512)[1:]
+    other = e.roll(100, -1)
+    sets, index = adapter.project_identities(torch.cat([e, other, e]))
+    assert index.tolist() == [1, 2, 1] and sets.shape == (3, 4, 64)
+    alone = adapter.project(torch.cat([torch.zeros(1, 512), e]))
+    assert torch.equal(sets[0], alone[0]) and torch.equal(sets[1], alone[1])
+    null_sets, none = adapter.project_identities(None)
+    assert none.numel() == 0 and torch.equal(null_sets[0], sets[0])
+    with pytest.raises(ValueError, match=r"\[faces, 512\]"):
+        adapter.project_identities(torch.zeros(3))
 
 
 # -- refusing bad files -----------------------------------------------------------------------
@@ -202,7 +202,7 @@ def _meta_unet_sites(pack, config):
     model = model_config.get_model({}, device="meta")
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"),
                                                offload_device=torch.device("cpu"), size=1)
-    return patcher, pack.nodes._comfy_model.attention_sites(patcher)
+    return patcher, pack.nodes._unet_sites.attention_sites(patcher)
 
 
 SDXL_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,

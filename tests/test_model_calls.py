@@ -26,22 +26,12 @@ class CallCounter:
 
 
 @pytest.fixture(scope="module")
-def pack(comfy_inprocess):
-    return comfy_inprocess
-
-
-@pytest.fixture(scope="module")
-def setup(pack):
-    from revpers_core.faceid import load_faceid_adapter
-
-    with torch.inference_mode():
-        base = om.tiny_sdxl()
-        adapter = load_faceid_adapter(str(om.adapter_path("golden")))
+def setup(tiny_sdxl):
     x = om.latent("default")["samples"]
     faces = torch.cat([x, x.flip(-1), x.roll(3, -2)])  # three different "faces"
     e = om.identity_embedding()
     embeddings = torch.cat([e, e.roll(100, -1), -e])
-    return {"base": base, "adapter": adapter, "faces": faces, "embeddings": embeddings}
+    return {"base": tiny_sdxl["base"], "adapter": tiny_sdxl["adapter"], "faces": faces, "embeddings": embeddings}
 
 
 def counted_run(pack, setup, faces, embeddings, steps, max_rows=0, face_guidance=""):
@@ -81,46 +71,41 @@ def test_one_model_call_per_step_for_all_faces_and_both_branches(pack, setup):
 
 
 def test_batched_faces_match_faces_run_alone(pack, setup):
-    """Face i of a batch gets the noise and the identity it gets alone: x_T is bit-identical, and the noise
-    maps and results agree to float rounding amplified by g = −10 (batched matmuls round differently). A face
-    given another face's identity differs by far more."""
+    """Face i of a batch gets what it gets alone, bit for bit: the same noise, the same identity tokens, and
+    the UNet's per-row layers computed two rows at a time, the shape of one face alone (batched matrix
+    products of other row counts round differently: without that, 5e-4 on the noise maps and 1.2e-3 on the
+    result, measured here). A face given another face's identity differs by far more."""
     steps = 10
     _, _, batch_record, batch_out = counted_run(pack, setup, setup["faces"], setup["embeddings"], steps)
-    worst_zs = worst_out = 0.0
     for i in range(3):
         _, _, rec, out = counted_run(pack, setup, setup["faces"][i:i + 1], setup["embeddings"][i:i + 1], steps)
         assert torch.equal(rec.x_T[0], batch_record.x_T[i])
-        worst_zs = max(worst_zs, (rec.noise_maps[:, 0] - batch_record.noise_maps[:, i]).abs().max().item())
-        worst_out = max(worst_out, (out[0] - batch_out[i]).abs().max().item())
+        assert torch.equal(rec.noise_maps[:, 0], batch_record.noise_maps[:, i])
+        assert torch.equal(out[0], batch_out[i])
     _, _, _, swapped = counted_run(pack, setup, setup["faces"][:1], setup["embeddings"][1:2], steps)
     other_identity = (swapped[0] - batch_out[0]).abs().max().item()
-    print(f"\n[batch vs alone, N={steps}] zs max-abs {worst_zs:.3g}, result max-abs {worst_out:.3g}; "
-          f"same face with another identity: {other_identity:.3g}")
-    assert worst_zs < 1e-3 and worst_out < 1e-2
-    assert other_identity > 20 * worst_out
+    print(f"\n[batch vs alone, N={steps}] x_T, noise maps and results bit-identical; same face with another "
+          f"identity: {other_identity:.3g}")
+    assert other_identity > 0.1
 
 
-def test_row_budget_takes_faces_in_chunks_with_the_results_they_get_alone(pack, setup):
-    """max_rows 2: one face (both branches) per call, each face through all steps in turn; every face's x_T,
-    noise maps and result are bit-identical to that face run alone (the same call shapes), and per-face
-    guidance lands on its face in its chunk. max_rows 4: chunks of 2 + 1 faces. 0 (automatic, on this CPU's
-    free memory): one chunk."""
+def test_row_budget_takes_faces_in_chunks_with_the_results_of_one_batch(pack, setup):
+    """max_rows 2: one face (both branches) per call, each face through all steps in turn; max_rows 4: chunks
+    of 2 + 1 faces; 0 (automatic, on this CPU's free memory): one chunk. Every face's x_T, noise maps and
+    result are bit-identical in all three, and per-face guidance lands on its face in its chunk."""
     steps = 6
     faces, embeddings = setup["faces"], setup["embeddings"]
     inv, gen, record, out = counted_run(pack, setup, faces, embeddings, steps, max_rows=2)
     assert (inv.calls, inv.rows, gen.calls, gen.rows) == (3 * steps, 3 * steps * 2, 3 * steps, 3 * steps * 2)
-    for i in range(3):
-        _, _, rec, alone = counted_run(pack, setup, faces[i:i + 1], embeddings[i:i + 1], steps)
-        assert torch.equal(rec.x_T[0], record.x_T[i]) and torch.equal(rec.noise_maps[:, 0], record.noise_maps[:, i])
-        assert torch.equal(alone[0], out[i])
-    inv4, gen4, _, out4 = counted_run(pack, setup, faces, embeddings, steps, max_rows=4)
-    assert (inv4.calls, gen4.calls) == (2 * steps, 2 * steps) and torch.equal(out4[2], out[2])
-    auto_inv, auto_gen, _, whole = counted_run(pack, setup, faces, embeddings, steps)
+    inv4, gen4, record4, out4 = counted_run(pack, setup, faces, embeddings, steps, max_rows=4)
+    assert (inv4.calls, inv4.rows, gen4.calls, gen4.rows) == (2 * steps, 3 * steps * 2, 2 * steps, 3 * steps * 2)
+    auto_inv, auto_gen, whole_record, whole = counted_run(pack, setup, faces, embeddings, steps)
     assert (auto_inv.calls, auto_gen.calls) == (steps, steps)
-    worst = (whole - out).abs().max().item()
-    print(f"\n[row budget, N={steps}] 3 faces in chunks of 1: bit-identical to each face alone; vs one batch of 3: "
-          f"max-abs {worst:.3g} (batched matmuls round differently)")
-    assert worst < 1e-2
+    for chunked, rec in ((out, record), (out4, record4)):
+        assert torch.equal(rec.x_T, whole_record.x_T) and torch.equal(rec.noise_maps, whole_record.noise_maps)
+        assert torch.equal(chunked, whole)
+    print(f"\n[row budget, N={steps}] 3 faces in chunks of 1, of 2 + 1 and in one batch: x_T, noise maps and "
+          f"results bit-identical")
     _, _, _, stronger = counted_run(pack, setup, faces, embeddings, steps, max_rows=2, face_guidance="1:-14")
     assert torch.equal(stronger[0], out[0]) and torch.equal(stronger[2], out[2])
     assert (stronger[1] - out[1]).abs().max().item() > 0.1

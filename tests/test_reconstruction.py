@@ -24,8 +24,8 @@ def test_clean_mode_reconstructs_x0(pack, models):
     with torch.inference_mode():
         record, _ = invert(pack, models, 20)
         # the sampler NODE refuses a model without identity (privacy); the same run below it:
-        out = pack.nodes._comfy_model.run_sampling(models["inversion"], record, pos, neg, -10.0)
-        compat = pack.nodes._comfy_model.run_sampling(models["inversion"], record, pos, neg, -10.0, True, 64)
+        out = pack.nodes._diffusion_runs.run_sampling(models["inversion"], record, pos, neg, -10.0)
+        compat = pack.nodes._diffusion_runs.run_sampling(models["inversion"], record, pos, neg, -10.0, True, 64)
     err = (out * om.LATENT_SCALE - x0).abs().max().item()
     compat_err = (compat * om.LATENT_SCALE - x0).abs().max().item()
     ref_compat = 0.6871961355209351  # the oracle's diagnostic "N=20 without reset" (quirk 1 only)

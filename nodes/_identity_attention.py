@@ -1,0 +1,135 @@
+"""ComfyUI glue (not a node module): the FaceID adapter put on a ModelPatcher.
+
+* Identity attention: every cross-attention ``attn2`` of the UNet is replaced (ModelPatcher
+  ``set_model_attn2_replace``) by text attention + scale · attention(q, K_ip, V_ip), where K_ip and V_ip
+  are the projected identity tokens of each batch row (revpers_core.conditioning routes them: the
+  face's on the conditional branch, the null embedding's on the unconditional branch; ComfyUI tells
+  which part of a batch is which through ``cond_or_uncond``).
+* The FaceID LoRA: the file's low-rank factors handed to ComfyUI's own LoRA loader
+  (``comfy.lora.load_lora``), which returns them in the host's patch format (a weight adapter on current
+  ComfyUI, a ``("lora", ...)`` tuple on the 2024 snapshot); ComfyUI merges them, W + up·down at weight 1,
+  when it loads the model, and keeps nothing but the factors meanwhile.
+* The UNet's per-row layers computed two rows at a time, as for a face alone (revpers_core.row_budget.
+  RowPairs, as object patches), so a face's result does not depend on how many faces share its call.
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Dict, Optional
+
+import torch
+
+import comfy.ldm.modules.attention as comfy_attention
+import comfy.lora
+
+from revpers_core.conditioning import IdentityTokens, identity_tokens
+from revpers_core.faceid import FaceIDAdapter
+from revpers_core.row_budget import RowPairs
+
+from ._unet_sites import attention_sites, describe_model
+
+COND = 0  # ComfyUI's cond_or_uncond: 0 = the conditional branch, 1 = the unconditional one
+_UUID_NAMESPACE = uuid.UUID("5f0c2a3e-8d7b-4c1e-9a55-3b1e0c6f4d21")
+_PER_ROW_LAYER = re.compile(r"^(time_embed|label_emb)\.|\.emb_layers\.")
+
+
+class IdentityAttention:
+    """attn2 replacement: text attention + scale · attention(q, K_ip, V_ip)."""
+
+    def __init__(self, tokens: IdentityTokens, block: int, inner=None):
+        self.tokens = tokens  # shared by every layer of one patched MODEL
+        self.block = block
+        self.inner = inner  # an attn2 replacement that was there before ours (its result is the text attention)
+
+    def __call__(self, q, k, v, extra_options):
+        heads = extra_options["n_heads"]
+        if self.inner is not None:
+            out = self.inner(q, k, v, extra_options)
+        else:
+            out = comfy_attention.optimized_attention(q, k, v, heads)
+        conditional = [c == COND for c in extra_options.get("cond_or_uncond") or [COND]]
+        return self.tokens.attend(q, out, self.block, conditional,
+                                  lambda q_, k_, v_: comfy_attention.optimized_attention(q_, k_, v_, heads))
+
+    def to(self, *args, **kwargs):
+        # ComfyUI hands patches the model's device when it loads or offloads it (and its dtype, which the keys
+        # and values ignore: they are made in the dtype of the queries). Only the projected keys and values
+        # move; the adapter's weights stay where the file was loaded.
+        for target in list(args) + list(kwargs.values()):
+            if isinstance(target, (torch.device, str)):
+                self.tokens.to(torch.device(target))
+        return self
+
+    def __deepcopy__(self, memo):
+        # ModelPatcher.clone() deep-copies model_options; the tokens are shared, never copied.
+        return IdentityAttention(self.tokens, self.block, self.inner)
+
+
+def _attn2_replacements(model) -> Dict:
+    return model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+
+
+def identity_of(model) -> Optional[IdentityTokens]:
+    """The identity tokens a MODEL was patched with by `apply_faceid`, or None."""
+    for patch in _attn2_replacements(model).values():
+        if isinstance(patch, IdentityAttention):
+            return patch.tokens
+    return None
+
+
+def _lora_patches(adapter: FaceIDAdapter, sites) -> Dict:
+    """The adapter's LoRA as ComfyUI's own loader makes LoRA patches for this host: {weight key: patch}."""
+    factors, targets = {}, {}
+    for b, site in enumerate(sites):
+        for attn, proj, up, down in adapter.lora_layers(b):
+            name = f"{b}.{attn}.{proj}"  # the loader's "{name}_lora.up.weight" naming (diffusers')
+            factors[f"{name}_lora.up.weight"], factors[f"{name}_lora.down.weight"] = up, down
+            targets[name] = site.weight_key(attn, proj)
+    patches = comfy.lora.load_lora(factors, targets)
+    if len(patches) != len(targets):
+        raise RuntimeError(f"ComfyUI's LoRA loader made {len(patches)} patches of the FaceID LoRA's {len(targets)} "
+                           "layers; this ComfyUI does not read diffusers-style LoRA factors")
+    return patches
+
+
+def _pair_per_row_layers(patched) -> None:
+    """Object patches: every Linear of the UNet that takes one vector per batch row computed through RowPairs."""
+    dm = patched.model.diffusion_model
+    for name, module in dm.named_modules():
+        if isinstance(module, torch.nn.Linear) and _PER_ROW_LAYER.search(name):
+            forward = module.forward  # while a patched clone is loaded, that clone's RowPairs is in place
+            patched.add_object_patch(f"diffusion_model.{name}.forward",
+                                     forward if isinstance(forward, RowPairs) else RowPairs(forward))
+
+
+def apply_faceid(model, adapter: FaceIDAdapter, embeddings: Optional[torch.Tensor], scale: float):
+    """A clone of ``model`` with the FaceID adapter: the LoRA as low-rank weight patches at weight 1 and
+    identity attention in every cross-attention. ``embeddings`` [F, E] go to the conditional branch (face
+    i ↔ latent i); with None both branches carry the null identity (the inversion's model). The input
+    MODEL is not changed."""
+    sites = attention_sites(model)
+    adapter.check_fits([s.slot for s in sites], describe_model(model, sites))
+    existing = _attn2_replacements(model)
+    if any(isinstance(p, IdentityAttention) for p in existing.values()):
+        raise ValueError("this MODEL already carries a FaceID identity patch (Identity Conditioning (RevPers) was applied "
+                         "twice); connect the model from before the first one")
+    tokens = identity_tokens(adapter, embeddings, scale)
+
+    patched = model.clone()
+    lora = _lora_patches(adapter, sites) if adapter.has_lora else {}
+    if lora:
+        accepted = set(patched.add_patches(lora, 1.0))
+        if accepted != set(lora):
+            missing = sorted(set(lora) - accepted)
+            raise RuntimeError(f"the MODEL did not accept the FaceID LoRA for {len(missing)} weights (e.g. {missing[0]})")
+        base_uuid = getattr(model, "patches_uuid", None)
+        if base_uuid is not None:
+            # Two clones of one base with the same adapter have identical weights: let ComfyUI know, so it does
+            # not patch the UNet again between the inversion's model and the identity model.
+            patched.patches_uuid = uuid.uuid5(_UUID_NAMESPACE, f"{base_uuid}/{adapter.uid}")
+    _pair_per_row_layers(patched)
+    for b, site in enumerate(sites):
+        inner = existing.get((site.block_name, site.number, site.index))
+        patched.set_model_attn2_replace(IdentityAttention(tokens, b, inner), site.block_name, site.number, site.index)
+    return patched

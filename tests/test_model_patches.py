@@ -1,0 +1,136 @@
+"""What the FaceID patches cost, counted on the oracle's tiny SDXL inside ComfyUI: the LoRA is held as the
+file's own low-rank factors (bytes counted in the host's patches), the identity attention keeps only the
+projected keys and values of its token sets, and a warm re-run of a prompt loads and patches nothing (host
+load events and weight patch computations counted). Runs on every installed host (REVPERS_HOST)."""
+import logging
+
+import pytest
+import torch
+
+import oracle_model as om
+
+
+def tensors_in(value, seen=None):
+    """Every tensor reachable from a patch entry (tuples, lists, dicts, objects holding `weights`)."""
+    seen = set() if seen is None else seen
+    if isinstance(value, torch.Tensor):
+        if id(value) not in seen:
+            seen.add(id(value))
+            yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from tensors_in(v, seen)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from tensors_in(v, seen)
+    elif hasattr(value, "weights"):  # a weight adapter (current ComfyUI's LoRA patch)
+        yield from tensors_in(value.weights, seen)
+
+
+def test_the_lora_is_held_as_the_files_low_rank_factors(pack, tiny_sdxl):
+    """The patches the FaceID LoRA adds to the MODEL hold exactly the file's LoRA tensors (the same storage,
+    no product up·down formed, no copy): their bytes equal the file's LoRA bytes. Two patched MODELs (the
+    inversion's and the identity one) share them."""
+    adapter, base = tiny_sdxl["adapter"], tiny_sdxl["base"]
+    inv_model, id_model = tiny_sdxl["inversion"], tiny_sdxl["identity"]
+    file_ptrs = {t.data_ptr() for p in adapter.processors.values() for k, t in p.items() if "_lora." in k}
+    for model in (inv_model, id_model):
+        added = [entry for key, entries in model.patches.items() for entry in entries[len(base.patches.get(key, [])):]]
+        held = list(tensors_in([entry[1] for entry in added]))
+        assert {t.data_ptr() for t in held} == file_ptrs
+        assert sum(t.numel() * t.element_size() for t in held) == adapter.lora_bytes()
+        rank = adapter.processors[0]["to_q_lora.down"].shape[0]
+        assert all(t.ndim == 2 and min(t.shape) == rank for t in held)  # low-rank factors, not full deltas
+    weight_bytes = sum(base.model.state_dict()[k].numel() * 4 for k in inv_model.patches)
+    print(f"\n[FaceID LoRA] held {adapter.lora_bytes()} bytes (the file's factors) for {len(inv_model.patches)} "
+          f"weights of {weight_bytes} bytes")
+    assert inv_model.patches_uuid == id_model.patches_uuid  # ComfyUI sees the same weights
+
+
+class LoadEvents(logging.Handler):
+    """The host's own record of model loads: its "Requested to load" log lines."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.loads = []
+
+    def emit(self, record):
+        if record.getMessage().startswith("Requested to load"):
+            self.loads.append(record.getMessage())
+
+
+@pytest.fixture
+def host_events(monkeypatch):
+    """Counts the host's load events and its weight patch computations (ModelPatcher.patch_weight_to_device,
+    called through) while a test runs."""
+    import comfy.model_patcher
+
+    events = LoadEvents()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(events)
+    root.setLevel(logging.INFO)
+    events.patched = []
+    original = comfy.model_patcher.ModelPatcher.patch_weight_to_device
+
+    def counting(patcher, key, *args, **kwargs):
+        if key in patcher.patches:  # the host calls it for every weight and returns at once for unpatched ones
+            events.patched.append(key)
+        return original(patcher, key, *args, **kwargs)
+
+    monkeypatch.setattr(comfy.model_patcher.ModelPatcher, "patch_weight_to_device", counting)
+    try:
+        yield events
+    finally:
+        root.removeHandler(events)
+        root.setLevel(level)
+
+
+def prompt(pack, models, seed):
+    """What one prompt of the aligned-face workflow runs after its cached nodes: Invert, then the sampler."""
+    pos, neg = om.conditioning("default", "inversion")
+    record, _ = pack.nodes.inversion.RevPersInvert().invert(models["inversion"], om.latent("default"), pos, neg,
+                                                            -10.0, 3, 0.7, seed)
+    gpos, gneg = om.conditioning("default", "generation")
+    out = pack.nodes.sampler.RevPersAnonymizedSampler().sample(models["identity"], gpos, gneg, record, -10.0, False,
+                                                               1024)
+    return out[0]["samples"]
+
+
+def test_one_unet_for_both_runs_and_a_warm_rerun_loads_and_patches_nothing(pack, tiny_sdxl, host_events):
+    """The inversion's model and the identity model are two clones (two node outputs); the sampler runs on the
+    UNet the inversion loaded and patched, and a re-run of the prompt (a new seed: ComfyUI's cache keeps the
+    patched MODELs) makes no load event and no weight patch computation at all."""
+    models = {"inversion": tiny_sdxl["inversion"], "identity": tiny_sdxl["identity"]}
+    with torch.inference_mode():
+        first = prompt(pack, models, 0)
+        first_loads, first_patched = len(host_events.loads), len(host_events.patched)
+        assert first_loads <= 1 and first_patched in (0, len(models["inversion"].patches))
+        again = prompt(pack, models, 0)
+        rerun = prompt(pack, models, 1)
+    assert torch.equal(first, again) and not torch.equal(first, rerun)
+    assert len(host_events.loads) == first_loads and len(host_events.patched) == first_patched
+    print(f"\n[loads] first prompt: {first_loads} load event(s), {first_patched} weights patched; two re-runs: none")
+
+
+def test_identity_attention_keeps_only_projected_keys_and_values(pack, tiny_sdxl):
+    """After a run the identity attention holds K and V of each token set (null + one per distinct face) per
+    layer, nothing per call and no copy of the adapter's weights; the same tensors serve every call."""
+    adapter, node, e = tiny_sdxl["adapter"], tiny_sdxl["node"], om.identity_embedding()
+    with torch.inference_mode():
+        model = node.apply(tiny_sdxl["base"], adapter, 1.0, torch.cat([e, e, -e]))[0]
+        tokens = pack.nodes._identity_attention.identity_of(model)
+        x = om.latent("default")["samples"]
+        inv_model = tiny_sdxl["inversion"]
+        pos, neg = om.conditioning("default", "inversion")
+        record, _ = pack.nodes.inversion.RevPersInvert().invert(inv_model, {"samples": torch.cat([x, x, x])}, pos,
+                                                                neg, -10.0, 2, 0.7, 0)
+        gpos, gneg = om.conditioning("default", "generation")
+        pack.nodes.sampler.RevPersAnonymizedSampler().sample(model, gpos, gneg, record, -10.0, False, 1024)
+    sets = 3  # the null set, e, -e (faces 0 and 1 share e)
+    inner = sum(adapter.identity_weights(b)[0].shape[0] for b in range(adapter.num_blocks))
+    per_set = 2 * adapter.num_tokens * inner * 4  # K and V, float32
+    assert tokens.token_sets.shape[0] == sets and tokens.held_bytes() == sets * per_set
+    first = tokens.keys_values(0, [False, True], 3, "cpu", torch.float32)
+    assert tokens.keys_values(0, [False, True], 3, "cpu", torch.float32)[0] is first[0]
+    assert torch.equal(first[0][3], first[0][4]) and not torch.equal(first[0][3], first[0][5])  # e, e, -e
