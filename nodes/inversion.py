@@ -1,4 +1,6 @@
 """Inverse diffusion: edit-friendly DDPM inversion of face latents."""
+from revpers_core import solver
+
 from .common import INVERSION, MAX_ROWS_INPUT, Progress, category
 from ._diffusion_runs import run_inversion
 from ._identity_attention import identity_of
@@ -44,13 +46,14 @@ class RevPersInvert:
                 "guidance": ("FLOAT", {
                     "default": -10.0, "min": -30.0, "max": 30.0, "step": 0.5,
                     "tooltip": "Guidance scale of the inversion; the reference inverts with the sampler's -10."}),
-                "steps": ("INT", {"default": 100, "min": 2, "max": 1000,
-                                  "tooltip": "Solver steps (the paper uses 100)."}),
+                "steps": ("INT", {"default": solver.DEFAULT_STEPS, "min": solver.MIN_STEPS, "max": solver.MAX_STEPS,
+                                  "tooltip": f"Solver steps (the paper uses {solver.DEFAULT_STEPS})."}),
                 "skip": ("FLOAT", {
-                    "default": 0.7, "min": 0.01, "max": 0.99, "step": 0.01, "round": False,
+                    "default": solver.DEFAULT_SKIP, "min": solver.SKIP_MIN, "max": solver.SKIP_MAX, "step": 0.01,
+                    "round": False,
                     "tooltip": "Fraction of the noise schedule skipped at the noisy end: higher keeps more of the "
                                "input (pose, light, background), lower changes more. 0.7 = timesteps 299..1."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
+                "seed": ("INT", {"default": 0, "min": 0, "max": solver.MAX_SEED,
                                  "tooltip": "Seed of the noise drawn for the inversion (each face uses it alike)."}),
             },
             "optional": {"max_rows": MAX_ROWS_INPUT},
@@ -66,12 +69,9 @@ class RevPersInvert:
     def invert(self, model, latent, conditioning, unconditional, guidance, steps, skip, seed, max_rows=0):
         samples = _check_latent(latent)
         _check_inversion_model(model)
-        if int(steps) < 2:
-            raise ValueError(f"steps must be at least 2 (got {steps})")
-        if not 0.0 < float(skip) < 1.0:
-            raise ValueError(f"skip must lie strictly between 0 and 1 (got {skip}); the paper uses 0.7")
-        record, x_T = run_inversion(model, samples, conditioning, unconditional, float(guidance), int(steps),
-                                    float(skip), int(seed), on_step=Progress(int(steps)), max_rows=int(max_rows))
+        steps, skip, seed = solver.check_steps(steps), solver.check_skip(skip), solver.check_seed(seed)
+        record, x_T = run_inversion(model, samples, conditioning, unconditional, float(guidance), steps, skip, seed,
+                                    on_step=Progress(steps), max_rows=int(max_rows))
         return (record, {"samples": x_T})
 
 
