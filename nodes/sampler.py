@@ -78,13 +78,14 @@ class RevPersAnonymizedSampler:
         tokens = identity_of(model)
         overrides = guarantee.parse_face_guidance(face_guidance, inversion.batch_size)
         scales = guarantee.row_guidance(float(guidance), overrides, inversion.batch_size)
-        warning = guarantee.weak_guidance_warning(float(guidance), tokens.scale)
-        if warning:
+        warnings = [w for w in (guarantee.weak_guidance_warning(float(guidance), tokens.scale),
+                                inversion.guidance_note(float(guidance))) if w]
+        for warning in warnings:
             log.warning("revpers: %s", warning)
         out = run_sampling(model, inversion, conditioning, attribute, float(guidance), bool(reference_compat),
                            int(reference_size), on_step=Progress(inversion.steps), row_scales=scales,
                            max_rows=int(max_rows))
-        text = [warning] if warning else []
+        text = list(warnings)
         if overrides:
             text.append(f"per-face guidance: {guarantee.format_face_guidance(overrides)} (the other faces: "
                         f"{float(guidance):g})")

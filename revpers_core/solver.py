@@ -285,6 +285,14 @@ class InversionRecord:
         """The record of face i alone (a batch of one)."""
         return self.faces(i, i + 1)
 
+    def guidance_note(self, guidance: float) -> str:
+        """What the sampler says when it guides with another scale than the inversion did ("" when they
+        agree): the method inverts and samples with one guidance g, so the replay starts from noise maps
+        made for another g."""
+        if float(guidance) == float(self.guidance):
+            return ""
+        return (f"the sampler's guidance {float(guidance):g} differs from the inversion's {float(self.guidance):g}: the "
+                "method uses one guidance for both (the paper's -10); set Invert's guidance to the sampler's")
 
     def faces(self, start: int, stop: int) -> "InversionRecord":
         """The record of faces start..stop-1 (a chunk of the batch)."""

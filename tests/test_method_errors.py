@@ -62,6 +62,21 @@ def test_sampler_refuses_a_model_without_identity(pack, tiny):
             sampler.sample(model, gpos, gneg, tiny["record"], -10.0, False, 1024)
 
 
+def test_the_sampler_says_when_its_guidance_is_not_the_inversions(pack, tiny):
+    """The record keeps the inversion's guidance: sampling it with another scale works (a user may explore)
+    but the node's text and the log say the two differ and which to set; with the same scale it says
+    nothing."""
+    gpos, gneg = om.conditioning("default", "generation")
+    sampler = pack.nodes.sampler.RevPersAnonymizedSampler()
+    with torch.inference_mode():
+        model = tiny["node"].apply(tiny["base"], tiny["adapter"], 1.0, om.identity_embedding())[0]
+        same = sampler.sample(model, gpos, gneg, tiny["record"], -10.0, False, 1024)
+        other = sampler.sample(model, gpos, gneg, tiny["record"], -7.5, False, 1024)
+    assert isinstance(same, tuple)
+    assert other["ui"]["text"] == ["the sampler's guidance -7.5 differs from the inversion's -10: the method uses one "
+                                   "guidance for both (the paper's -10); set Invert's guidance to the sampler's"]
+
+
 def test_invert_refuses_other_models(pack, tiny):
     pos, neg = om.conditioning("default", "inversion")
     invert = pack.nodes.inversion.RevPersInvert()
