@@ -73,14 +73,14 @@ class _SolverRun:
 class _InversionRun(_SolverRun):
     """Edit-friendly inversion of the chunk's latents; the record is kept in `record`."""
 
-    def __init__(self, schedule, timesteps, seed, guidance, skip, on_step=None):
+    def __init__(self, schedule, timesteps, seed, guidance, on_step=None):
         super().__init__(on_step)
-        self.schedule, self.timesteps, self.seed, self.guidance, self.skip = schedule, timesteps, seed, guidance, skip
+        self.schedule, self.timesteps, self.seed, self.guidance = schedule, timesteps, seed, guidance
         self.record: Optional[solver.InversionRecord] = None
 
     def solve(self, denoise, x0):
         self.record = solver.invert(x0, denoise, self.schedule, self.timesteps, self.seed, on_step=self.on_step,
-                                    guidance=self.guidance, skip=self.skip)
+                                    guidance=self.guidance)
         return self.record.x_T
 
 
@@ -100,7 +100,7 @@ class _ReplayRun(_SolverRun):
 def _record_to(record: solver.InversionRecord, device) -> solver.InversionRecord:
     return solver.InversionRecord(record.x_T.to(device), record.noise_maps.to(device), record.timesteps.cpu(),
                                   record.alphas_cumprod.cpu(), record.last_data_prediction.to(device), record.guidance,
-                                  record.skip, record.seed, list(record.step_orders))
+                                  record.seed, list(record.step_orders))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +176,7 @@ def run_inversion(model, latent: torch.Tensor, positive, negative, guidance: flo
     chunks = face_chunks(model, latent.shape, latent.shape[0], max_rows)
     records, starts = [], []
     for c, (a, b) in enumerate(chunks):
-        run = _InversionRun(schedule, timesteps, seed, guidance, skip, _chunked_progress(on_step, c, len(chunks)))
+        run = _InversionRun(schedule, timesteps, seed, guidance, _chunked_progress(on_step, c, len(chunks)))
         with _identity_window(model, a, b):
             starts.append(_sample_chunk(model, run, latent[a:b], guidance, sigmas, positive, negative, seed))
         records.append(run.record)

@@ -257,6 +257,9 @@ class InversionRecord:
     alphas_cumprod: [T] float32, the schedule the steps were taken on.
     last_data_prediction: [B, C, H, W], the inversion's data prediction at timesteps[-1] (the stale
         solver state the reference carries into generation; used only by ``reference_compat``).
+    guidance: the inversion's guidance scale (the sampler says when it uses another, `guidance_note`).
+    seed: the seed of the inversion's noise draws.
+    step_orders: the solver order of every step.
     """
 
     x_T: torch.Tensor
@@ -265,7 +268,6 @@ class InversionRecord:
     alphas_cumprod: torch.Tensor
     last_data_prediction: torch.Tensor
     guidance: float = 0.0
-    skip: float = 0.0
     seed: int = 0
     step_orders: List[int] = field(default_factory=list)
 
@@ -298,7 +300,7 @@ class InversionRecord:
         """The record of faces start..stop-1 (a chunk of the batch)."""
         return InversionRecord(self.x_T[start:stop], self.noise_maps[:, start:stop], self.timesteps,
                                self.alphas_cumprod, self.last_data_prediction[start:stop], self.guidance,
-                               self.skip, self.seed, list(self.step_orders))
+                               self.seed, list(self.step_orders))
 
     @classmethod
     def joined(cls, records: Sequence["InversionRecord"]) -> "InversionRecord":
@@ -306,7 +308,7 @@ class InversionRecord:
         first = records[0]
         return cls(torch.cat([r.x_T for r in records]), torch.cat([r.noise_maps for r in records], dim=1),
                    first.timesteps, first.alphas_cumprod, torch.cat([r.last_data_prediction for r in records]),
-                   first.guidance, first.skip, first.seed, list(first.step_orders))
+                   first.guidance, first.seed, list(first.step_orders))
 
 
 def _draw_noise(generators: Sequence[torch.Generator], like: torch.Tensor) -> torch.Tensor:
@@ -318,7 +320,7 @@ def _draw_noise(generators: Sequence[torch.Generator], like: torch.Tensor) -> to
 
 
 def invert(x0: torch.Tensor, denoise: Denoiser, schedule: NoiseSchedule, timesteps: torch.Tensor, seed: int,
-           on_step: Optional[OnStep] = None, guidance: float = 0.0, skip: float = 0.0) -> InversionRecord:
+           on_step: Optional[OnStep] = None, guidance: float = 0.0) -> InversionRecord:
     """Edit-friendly DDPM inversion of the latents x0 [B, C, H, W] (all faces at once).
 
     1. For t ascending (timesteps[-1] … timesteps[0]) draw ε_t per face from a CPU generator seeded
@@ -353,7 +355,7 @@ def invert(x0: torch.Tensor, denoise: Denoiser, schedule: NoiseSchedule, timeste
             on_step(j + 1, N)
     return InversionRecord(x_T=x_T.clone(), noise_maps=zs, timesteps=torch.tensor(ts, dtype=torch.int64),
                            alphas_cumprod=schedule.alphas_cumprod.clone(), last_data_prediction=m_prev,
-                           guidance=float(guidance), skip=float(skip), seed=int(seed), step_orders=orders)
+                           guidance=float(guidance), seed=int(seed), step_orders=orders)
 
 
 def sample(record: InversionRecord, denoise: Denoiser, reference_compat: bool = False,
