@@ -5,10 +5,15 @@
   are the projected identity tokens of each batch row (revpers_core.conditioning routes them: the
   face's on the conditional branch, the null embedding's on the unconditional branch; ComfyUI tells
   which part of a batch is which through ``cond_or_uncond``).
-* The FaceID LoRA: the file's low-rank factors handed to ComfyUI's own LoRA loader
-  (``comfy.lora.load_lora``), which returns them in the host's patch format (a weight adapter on current
-  ComfyUI, a ``("lora", ...)`` tuple on the 2024 snapshot); ComfyUI merges them, W + up·down at weight 1,
-  when it loads the model, and keeps nothing but the factors meanwhile.
+* The FaceID LoRA, held as the file's low-rank factors and put on in one of two ways (`lora_mode`):
+  "merge" where the model runs on a device apart from its offload device (a GPU): the factors go to
+  ComfyUI's own LoRA loader (``comfy.lora.load_lora``, which returns them in the host's patch format: a
+  weight adapter on current ComfyUI, a ``("lora", ...)`` tuple on the 2024 snapshot), and ComfyUI merges
+  them, W + up·down at weight 1, when it loads the model; the device holds the merged weights only.
+  "low-rank" where the model runs on its offload device (the CPU), where a merge would hold every patched
+  weight twice (ComfyUI keeps the original beside the merged one, to unpatch): each projection adds
+  up·(down·x) at run time (revpers_core.faceid.LoraForward, as object patches), so the LoRA costs what
+  its factors cost.
 * The UNet's per-row layers computed two rows at a time, as for a face alone (revpers_core.row_budget.
   RowPairs, as object patches), so a face's result does not depend on how many faces share its call.
 """
@@ -22,15 +27,17 @@ import torch
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.lora
+import comfy.utils
 
 from revpers_core.conditioning import IdentityTokens, identity_tokens
-from revpers_core.faceid import FaceIDAdapter
+from revpers_core.faceid import FaceIDAdapter, LoraForward
 from revpers_core.row_budget import RowPairs
 
 from ._unet_sites import attention_sites, describe_model
 
 COND = 0  # ComfyUI's cond_or_uncond: 0 = the conditional branch, 1 = the unconditional one
 _UUID_NAMESPACE = uuid.UUID("5f0c2a3e-8d7b-4c1e-9a55-3b1e0c6f4d21")
+LORA_MODES = ("auto", "merge", "low-rank")
 _PER_ROW_LAYER = re.compile(r"^(time_embed|label_emb)\.|\.emb_layers\.")
 
 
@@ -93,6 +100,37 @@ def _lora_patches(adapter: FaceIDAdapter, sites) -> Dict:
     return patches
 
 
+def lora_mode(model) -> str:
+    """How `apply_faceid` puts the FaceID LoRA on ``model`` by default: "merge" where ComfyUI loads it on a
+    device apart from its offload device, "low-rank" where both are one device (see the module's text)."""
+    return "merge" if torch.device(model.load_device) != torch.device(model.offload_device) else "low-rank"
+
+
+def _add_lora_merged(patched, adapter: FaceIDAdapter, sites, base_uuid) -> None:
+    lora = _lora_patches(adapter, sites)
+    accepted = set(patched.add_patches(lora, 1.0))
+    if accepted != set(lora):
+        missing = sorted(set(lora) - accepted)
+        raise RuntimeError(f"the MODEL did not accept the FaceID LoRA for {len(missing)} weights (e.g. {missing[0]})")
+    if base_uuid is not None:
+        # Two clones of one base with the same adapter have identical weights: let ComfyUI know, so it does
+        # not patch the UNet again between the inversion's model and the identity model.
+        patched.patches_uuid = uuid.uuid5(_UUID_NAMESPACE, f"{base_uuid}/{adapter.uid}")
+
+
+def _add_lora_low_rank(patched, adapter: FaceIDAdapter, sites) -> None:
+    """Object patches: every projection the LoRA covers computed through LoraForward with the file's factors.
+    No weight changes, so ComfyUI loads and patches no weight for them; it swaps the object patches whenever
+    it loads another clone of the model (the base model runs without them)."""
+    for b, site in enumerate(sites):
+        for attn, proj, up, down in adapter.lora_layers(b):
+            path = site.weight_key(attn, proj)[:-len(".weight")]
+            forward = comfy.utils.get_attr(patched.model, path).forward
+            if isinstance(forward, LoraForward):  # a patched clone is loaded: take the projection's own forward
+                forward = forward.forward
+            patched.add_object_patch(f"{path}.forward", LoraForward(forward, up, down))
+
+
 def _pair_per_row_layers(patched) -> None:
     """Object patches: every Linear of the UNet that takes one vector per batch row computed through RowPairs."""
     dm = patched.model.diffusion_model
@@ -103,11 +141,14 @@ def _pair_per_row_layers(patched) -> None:
                                      forward if isinstance(forward, RowPairs) else RowPairs(forward))
 
 
-def apply_faceid(model, adapter: FaceIDAdapter, embeddings: Optional[torch.Tensor], scale: float):
-    """A clone of ``model`` with the FaceID adapter: the LoRA as low-rank weight patches at weight 1 and
-    identity attention in every cross-attention. ``embeddings`` [F, E] go to the conditional branch (face
-    i ↔ latent i); with None both branches carry the null identity (the inversion's model). The input
-    MODEL is not changed."""
+def apply_faceid(model, adapter: FaceIDAdapter, embeddings: Optional[torch.Tensor], scale: float,
+                 lora: str = "auto"):
+    """A clone of ``model`` with the FaceID adapter: the LoRA at weight 1 (``lora``: "merge", "low-rank", or
+    "auto" for `lora_mode`) and identity attention in every cross-attention. ``embeddings`` [F, E] go to
+    the conditional branch (face i ↔ latent i); with None both branches carry the null identity (the
+    inversion's model). The input MODEL is not changed."""
+    if lora not in LORA_MODES:
+        raise ValueError(f"lora must be one of {', '.join(LORA_MODES)} (got {lora!r})")
     sites = attention_sites(model)
     adapter.check_fits([s.slot for s in sites], describe_model(model, sites))
     existing = _attn2_replacements(model)
@@ -117,17 +158,11 @@ def apply_faceid(model, adapter: FaceIDAdapter, embeddings: Optional[torch.Tenso
     tokens = identity_tokens(adapter, embeddings, scale)
 
     patched = model.clone()
-    lora = _lora_patches(adapter, sites) if adapter.has_lora else {}
-    if lora:
-        accepted = set(patched.add_patches(lora, 1.0))
-        if accepted != set(lora):
-            missing = sorted(set(lora) - accepted)
-            raise RuntimeError(f"the MODEL did not accept the FaceID LoRA for {len(missing)} weights (e.g. {missing[0]})")
-        base_uuid = getattr(model, "patches_uuid", None)
-        if base_uuid is not None:
-            # Two clones of one base with the same adapter have identical weights: let ComfyUI know, so it does
-            # not patch the UNet again between the inversion's model and the identity model.
-            patched.patches_uuid = uuid.uuid5(_UUID_NAMESPACE, f"{base_uuid}/{adapter.uid}")
+    if adapter.has_lora:
+        if (lora_mode(model) if lora == "auto" else lora) == "merge":
+            _add_lora_merged(patched, adapter, sites, getattr(model, "patches_uuid", None))
+        else:
+            _add_lora_low_rank(patched, adapter, sites)
     _pair_per_row_layers(patched)
     for b, site in enumerate(sites):
         inner = existing.get((site.block_name, site.number, site.index))

@@ -35,6 +35,7 @@ __all__ = [
     "AdapterMismatch",
     "load_faceid_adapter",
     "faceid_adapter_from_state_dict",
+    "LoraForward",
 ]
 
 IMAGE_PROJ_KEYS = ("proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias", "norm.weight", "norm.bias")
@@ -158,7 +159,8 @@ class FaceIDAdapter:
     def lora_layers(self, block: int):
         """(attention, projection, up, down) of every LoRA pair of transformer block ``block`` the file
         carries (attention "attn1" or "attn2", projection "to_q" … "to_out"): the low-rank factors
-        themselves, ΔW = up · down at weight 1, for the host to merge into the model's weights."""
+        themselves, ΔW = up · down at weight 1, for the host to merge into the model's weights or to add
+        at run time (`LoraForward`)."""
         for attn, _, proj, up, down in self._lora_pairs(block):
             yield attn, proj, up, down
 
@@ -202,6 +204,31 @@ class FaceIDAdapter:
                     raise AdapterMismatch(
                         f"FaceID adapter {self.describe()} does not fit the model {model_name}: the LoRA of layer {n} "
                         f"({proj}) makes a {shape} weight but {slot.name}.{attn}.{proj} is {target}.")
+
+
+class LoraForward:
+    """A projection with the FaceID LoRA added at run time: y = W x + up · (down · x), the same as the merged
+    weight (W + up · down) x at weight 1 without forming W + up · down. It holds the file's factors (no
+    copy); they are cast to the input's dtype and device per call. ``forward`` is the projection's own
+    forward (W x, bias included)."""
+
+    def __init__(self, forward, up: torch.Tensor, down: torch.Tensor):
+        self.forward, self.up, self.down = forward, up, down
+
+    def __call__(self, x, *args, **kwargs):
+        y = self.forward(x, *args, **kwargs)
+        down = self.down.to(device=x.device, dtype=x.dtype)
+        up = self.up.to(device=x.device, dtype=x.dtype)
+        return y + F.linear(F.linear(x, down), up).to(y.dtype)
+
+    def __eq__(self, other):
+        # Equal when it computes the same: the same projection and the same factor tensors (two patched clones of
+        # one model with one adapter; the host's loaded clone then serves both).
+        return (isinstance(other, LoraForward) and other.forward == self.forward and other.up is self.up
+                and other.down is self.down)
+
+    def __hash__(self):
+        return hash((self.forward, id(self.up), id(self.down)))
 
 
 # ---------------------------------------------------------------------------------------------

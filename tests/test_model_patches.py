@@ -27,24 +27,73 @@ def tensors_in(value, seen=None):
         yield from tensors_in(value.weights, seen)
 
 
-def test_the_lora_is_held_as_the_files_low_rank_factors(pack, tiny_sdxl):
-    """The patches the FaceID LoRA adds to the MODEL hold exactly the file's LoRA tensors (the same storage,
-    no product up·down formed, no copy): their bytes equal the file's LoRA bytes. Two patched MODELs (the
-    inversion's and the identity one) share them."""
+def lora_tensors(model, base):
+    """The tensors the FaceID LoRA added to ``model`` over ``base``: in its weight patches ("merge") and in
+    its LoraForward object patches ("low-rank")."""
+    from revpers_core.faceid import LoraForward
+
+    added = [entry for key, entries in model.patches.items() for entry in entries[len(base.patches.get(key, [])):]]
+    forwards = [p for p in model.object_patches.values() if isinstance(p, LoraForward)]
+    return list(tensors_in([entry[1] for entry in added] + [(f.up, f.down) for f in forwards])), added, forwards
+
+
+@pytest.mark.parametrize("mode", ["merge", "low-rank"])
+def test_the_lora_is_held_as_the_files_low_rank_factors(pack, tiny_sdxl, mode):
+    """However the FaceID LoRA goes on the MODEL (ComfyUI's weight patches, merged when it loads the model, or
+    added at run time by each projection), the MODEL holds exactly the file's LoRA tensors (the same
+    storage, no product up·down formed, no copy): their bytes equal the file's LoRA bytes. Two patched MODELs
+    (the inversion's and the identity one) share them."""
+    ia = pack.nodes._identity_attention
     adapter, base = tiny_sdxl["adapter"], tiny_sdxl["base"]
-    inv_model, id_model = tiny_sdxl["inversion"], tiny_sdxl["identity"]
+    assert ia.lora_mode(base) == "low-rank"  # the CPU: load and offload device are one
     file_ptrs = {t.data_ptr() for p in adapter.processors.values() for k, t in p.items() if "_lora." in k}
-    for model in (inv_model, id_model):
-        added = [entry for key, entries in model.patches.items() for entry in entries[len(base.patches.get(key, [])):]]
-        held = list(tensors_in([entry[1] for entry in added]))
+    pair = [ia.apply_faceid(base, adapter, e, 1.0, lora=mode) for e in (None, om.identity_embedding())]
+    for model in pair:
+        held, added, forwards = lora_tensors(model, base)
         assert {t.data_ptr() for t in held} == file_ptrs
         assert sum(t.numel() * t.element_size() for t in held) == adapter.lora_bytes()
         rank = adapter.processors[0]["to_q_lora.down"].shape[0]
         assert all(t.ndim == 2 and min(t.shape) == rank for t in held)  # low-rank factors, not full deltas
-    weight_bytes = sum(base.model.state_dict()[k].numel() * 4 for k in inv_model.patches)
-    print(f"\n[FaceID LoRA] held {adapter.lora_bytes()} bytes (the file's factors) for {len(inv_model.patches)} "
-          f"weights of {weight_bytes} bytes")
-    assert inv_model.patches_uuid == id_model.patches_uuid  # ComfyUI sees the same weights
+        if mode == "merge":
+            assert added and not forwards
+        else:
+            assert forwards and not added and model.patches_uuid == base.patches_uuid  # no weight is patched
+    weight_bytes = sum(base.model.state_dict()[k].numel() * 4 for k in pair[0].patches)
+    print(f"\n[FaceID LoRA, {mode}] held {adapter.lora_bytes()} bytes (the file's factors) for weights of "
+          f"{weight_bytes} bytes")
+    assert pair[0].patches_uuid == pair[1].patches_uuid  # ComfyUI sees the same weights
+
+
+def plain_sample(model, seed=0):
+    """ComfyUI's own sampler on ``model`` (2 steps of euler, cfg 2, the oracle's latent and conditioning)."""
+    import comfy.sample
+
+    pos, neg = om.conditioning("default", "generation")
+    x = om.latent("default")["samples"]
+    return comfy.sample.sample(model, comfy.sample.prepare_noise(x, seed), 2, 2.0, "euler", "normal", pos, neg, x,
+                               denoise=1.0, disable_pbar=True, seed=seed)
+
+
+def test_both_lora_modes_sample_alike_and_the_base_model_is_left_as_it_was(pack, tiny_sdxl):
+    """The LoRA added at run time gives what ComfyUI's merged weights give (to float rounding), through the
+    whole aligned-face prompt and through ComfyUI's own sampler; and after either ran, the base MODEL samples
+    bit for bit what it sampled before (no LoRA forward is left on it when ComfyUI loads it again)."""
+    ia = pack.nodes._identity_attention
+    adapter, base, e = tiny_sdxl["adapter"], tiny_sdxl["base"], om.identity_embedding()
+    with torch.inference_mode():
+        before = plain_sample(base)
+        runs = {}
+        for mode in ("low-rank", "merge"):
+            models = {"inversion": ia.apply_faceid(base, adapter, None, 1.0, lora=mode),
+                      "identity": ia.apply_faceid(base, adapter, e, 1.0, lora=mode)}
+            runs[mode] = (prompt(pack, models, 0), plain_sample(models["inversion"]))
+            assert torch.equal(plain_sample(base), before)
+    for (low, merged), what in zip(zip(*runs.values()), ("prompt", "ComfyUI sampler")):
+        err = (low - merged).abs().max().item()
+        print(f"\n[LoRA modes] {what}: low-rank vs merged max abs {err:.2e}, vs the base "
+              f"{(low - before).abs().max().item() if what != 'prompt' else float('nan'):.2e}")
+        assert err <= 1e-4 * merged.abs().max().item()  # float32 re-association, amplified by the guidance
+    assert (runs["low-rank"][1] - before).abs().max() > 1e-2  # the LoRA is on while sampling
 
 
 class LoadEvents(logging.Handler):

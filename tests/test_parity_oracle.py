@@ -205,13 +205,16 @@ def test_identity_attention_equals_diffusers(pack, tiny_model):
 def test_identity_node_never_mutates_its_input(pack, tiny_model):
     adapter = load_adapter_node(pack, "golden")
     before_options = repr(tiny_model.model_options)
-    before_patches = dict(tiny_model.patches)
+    before_patches, before_objects = dict(tiny_model.patches), dict(tiny_model.object_patches)
     with torch.inference_mode():
         patched = pack.nodes.identity.RevPersIdentityConditioning().apply(tiny_model, adapter, 0.5,
                                                                           om.identity_embedding())[0]
     assert patched is not tiny_model and patched.model is tiny_model.model
     assert repr(tiny_model.model_options) == before_options and tiny_model.patches == before_patches
-    assert len(patched.patches) == 8 * 4  # a LoRA delta for q, k, v, out of every attention layer
+    assert tiny_model.object_patches == before_objects
+    # the LoRA for q, k, v, out of every attention layer: on the CPU added at run time by each projection
+    from revpers_core.faceid import LoraForward
+    assert not patched.patches and sum(isinstance(p, LoraForward) for p in patched.object_patches.values()) == 8 * 4
     replaced = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
     assert sorted(replaced) == [("input", 3, 0), ("middle", 0, 0), ("output", 0, 0), ("output", 1, 0)]
     # a clone (ComfyUI deep-copies model_options) shares the tokens instead of copying them
@@ -242,4 +245,6 @@ def test_composes_with_other_patches(pack, tiny_model):
         pos, neg = om.conditioning("default", "inversion")
         pack.nodes.inversion.RevPersInvert().invert(patched, om.latent("default"), pos, neg, -10.0, 2, 0.7, 0)
     assert seen == [2, 2]  # once per step, on the batch of both branches
-    assert key in patched.patches and len(patched.patches) == 8 * 4 + 1
+    from revpers_core.faceid import LoraForward
+    lora_forwards = sum(isinstance(p, LoraForward) for p in patched.object_patches.values())
+    assert list(patched.patches) == [key] and lora_forwards == 8 * 4  # the FaceID LoRA at run time on the CPU
