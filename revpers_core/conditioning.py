@@ -11,14 +11,16 @@ token set of every row.
 Token sets: set 0 is the null embedding's tokens, then one set per distinct embedding (faces with equal
 embeddings, such as one person's faces in a clip, share a set and so get bit-identical tokens). The
 identity attention of transformer block b needs K = tokens·W_k_ipᵀ and V = tokens·W_v_ipᵀ; the tokens
-do not change during a run, so K and V are projected once per set and block (`project`), each set in
-a product of its own: a face's keys and values do not depend on which other faces share its call.
-Each call only gathers them by row (`keys_values`).
+do not change during a run, so K and V are projected once, for every set and block, when the tokens are
+made (`project_keys_values`, in float32, each set in a product of its own: a face's keys and values do not
+depend on which other faces share its call). The adapter's identity projections are needed for that
+moment only (the adapter reads them from its file again, then lets them go). Each call only gathers the
+keys and values by row (`keys_values`), cast once to the call's dtype and device (`project`).
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,20 @@ NULL_SET = 0  # the token set of the null (zero) embedding
 
 # block -> (to_k_ip, to_v_ip), the identity projections of transformer block b's cross-attention
 IdentityWeights = Callable[[int], Tuple[torch.Tensor, torch.Tensor]]
+# per block: (K [S, T, inner], V [S, T, inner]) of every token set
+KeysValues = List[Tuple[torch.Tensor, torch.Tensor]]
+
+
+def project_keys_values(token_sets: torch.Tensor, weights: IdentityWeights, blocks: int) -> KeysValues:
+    """K = tokens·W_k_ipᵀ and V = tokens·W_v_ipᵀ of every token set [S, T, D] for blocks 0..blocks-1, in
+    float32 on the CPU; each set in a product of its own (batch-invariant)."""
+    tokens = token_sets.to(device="cpu", dtype=torch.float32)
+    projected = []
+    for block in range(blocks):
+        to_k_ip, to_v_ip = (w.to(device="cpu", dtype=torch.float32) for w in weights(block))
+        projected.append((torch.stack([F.linear(t, to_k_ip) for t in tokens]),
+                          torch.stack([F.linear(t, to_v_ip) for t in tokens])))
+    return projected
 
 
 class IdentityTokens:
@@ -36,11 +52,11 @@ class IdentityTokens:
     ``token_sets`` [S, T, D]: set 0 = the null embedding's tokens; ``face_sets`` [F]: the set of each
     face (empty for the inversion's model, which has no identity); ``scale``: the adapter scale."""
 
-    def __init__(self, token_sets: torch.Tensor, face_sets: torch.Tensor, scale: float, weights: IdentityWeights):
+    def __init__(self, token_sets: torch.Tensor, face_sets: torch.Tensor, scale: float, projected: KeysValues):
         self.token_sets = token_sets
         self.face_sets = torch.as_tensor(face_sets, dtype=torch.long)
         self.scale = float(scale)
-        self._weights = weights
+        self._float32 = projected  # per block (K, V) of every set, float32 on the CPU (`project_keys_values`)
         self.window: Optional[Tuple[int, int]] = None  # (start, stop): the faces of the chunk under sampling
         self._projected: Dict[Tuple[int, torch.dtype], Tuple[torch.Tensor, torch.Tensor]] = {}
         self._gathered: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
@@ -81,15 +97,11 @@ class IdentityTokens:
     # -- keys and values ----------------------------------------------------------------------
     def project(self, block: int, device, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
         """(K, V) of every token set for transformer block ``block``: [S, T, inner] each, in ``dtype`` on
-        ``device``; computed once, each set on its own (batch-invariant), then kept."""
+        ``device``; cast once from the float32 projection, then kept."""
         key = (block, dtype)
         cached = self._projected.get(key)
         if cached is None or cached[0].device != torch.device(device):
-            to_k_ip, to_v_ip = (w.to(device=device, dtype=dtype) for w in self._weights(block))
-            tokens = self.token_sets.to(device=device, dtype=dtype)
-            keys = torch.stack([F.linear(t, to_k_ip) for t in tokens])
-            values = torch.stack([F.linear(t, to_v_ip) for t in tokens])
-            cached = self._projected[key] = (keys, values)
+            cached = self._projected[key] = tuple(t.to(device=device, dtype=dtype) for t in self._float32[block])
         return cached
 
     def keys_values(self, block: int, conditional: Sequence[bool], rows_per_branch: int, device,
@@ -124,7 +136,8 @@ class IdentityTokens:
 
     def held_bytes(self) -> int:
         """Bytes of the projected keys and values this holds (what the identity attention keeps between calls)."""
-        return sum(t.numel() * t.element_size() for pair in self._projected.values() for t in pair)
+        held = {t.data_ptr(): t for pair in list(self._projected.values()) + self._float32 for t in pair}
+        return sum(t.numel() * t.element_size() for t in held.values())
 
 
 def guided_rows(guided: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, rows: Sequence[int],
@@ -144,4 +157,6 @@ def identity_tokens(adapter, embeddings: Optional[torch.Tensor], scale: float) -
     """The identity tokens of ``embeddings`` [F, E] (face i ↔ latent i) through the FaceID ``adapter``;
     None: the inversion's null identity on both branches."""
     token_sets, face_sets = adapter.project_identities(embeddings)
-    return IdentityTokens(token_sets, face_sets, scale, adapter.identity_weights)
+    with adapter.reading_identity_weights() as weights:
+        projected = project_keys_values(token_sets, weights, adapter.num_blocks)
+    return IdentityTokens(token_sets, face_sets, scale, projected)

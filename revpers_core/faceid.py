@@ -18,13 +18,14 @@ Nothing here imports ComfyUI: the target model is described by a list of `Transf
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
 import uuid
 import zipfile
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -72,13 +73,21 @@ class TransformerSlot:
 
 @dataclass
 class FaceIDAdapter:
-    """The weights of one IP-Adapter-FaceID file (tensors kept in their stored dtype, on the CPU)."""
+    """The weights of one IP-Adapter-FaceID file (tensors kept in their stored dtype, on the CPU).
+
+    The identity projections to_k_ip / to_v_ip (about 60 % of an SDXL file) are only read to project the
+    keys and values of new identity tokens (revpers_core.conditioning), once per identity. An adapter
+    loaded from a file lets them go (`release_identity_weights`: ``processors`` then holds them as
+    shape-only "meta" tensors) and reads them from the file again whenever they are needed
+    (`reading_identity_weights`)."""
 
     name: str
     image_proj: Dict[str, torch.Tensor]
     processors: Dict[int, Dict[str, torch.Tensor]]
     num_processors: int
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells apart two loads, even of one file
+    source: Optional[str] = None  # the file the identity projections are read from again, once released
+    _stamp: Optional[Tuple[int, int]] = None  # that file's (size, mtime_ns) when it was loaded
 
     # -- shapes -------------------------------------------------------------------------------
     @property
@@ -155,6 +164,57 @@ class FaceIDAdapter:
         """(to_k_ip, to_v_ip) of transformer block ``block``'s cross-attention (processor 2·block+1)."""
         p = self.processors[2 * block + 1]
         return p["to_k_ip"], p["to_v_ip"]
+
+    @property
+    def identity_weights_held(self) -> bool:
+        """Whether the identity projections are in memory (else they are read from ``source`` when needed)."""
+        return self.source is None
+
+    def release_identity_weights(self, source: str) -> None:
+        """Let the identity projections go, to be read from ``source`` (the file this adapter was loaded
+        from) when new identity tokens need them; their shapes and dtypes stay (as "meta" tensors). Every
+        other tensor is copied into memory of its own: the load may have mapped the file, and a mapping would
+        follow the file if it were overwritten."""
+        stat = os.stat(source)
+        for n, p in self.processors.items():
+            for key, t in p.items():
+                p[key] = torch.empty_like(t, device="meta") if key in ("to_k_ip", "to_v_ip") else t.clone()
+        self.image_proj = {k: t.clone() for k, t in self.image_proj.items()}
+        self.source, self._stamp = source, (stat.st_size, stat.st_mtime_ns)
+
+    @contextlib.contextmanager
+    def reading_identity_weights(self) -> Iterator[Callable[[int], Tuple[torch.Tensor, torch.Tensor]]]:
+        """Within this, block -> (to_k_ip, to_v_ip) of that transformer block: the adapter's own tensors, or,
+        once released, the file's, read again (only those) and let go on leaving."""
+        if self.source is None:
+            yield self.identity_weights
+            return
+        processors = self._read_identity_weights()
+        try:
+            yield lambda block: (processors[2 * block + 1]["to_k_ip"], processors[2 * block + 1]["to_v_ip"])
+        finally:
+            processors.clear()
+
+    def _read_identity_weights(self) -> Dict[int, Dict[str, torch.Tensor]]:
+        name = self.name
+        changed = (f"FaceID adapter '{name}' changed on disk or became unreadable since it was loaded ({{}}); "
+                   f"queue the prompt again so the adapter loader reads the file anew")
+        try:
+            stat = os.stat(self.source)
+        except OSError as err:
+            raise ValueError(changed.format(err)) from None
+        if (stat.st_size, stat.st_mtime_ns) != self._stamp:
+            raise ValueError(changed.format("its size or modification time differs"))
+        try:
+            read = _read_ip_tensors(self.source, range(1, self.num_processors, 2))
+        except ValueError as err:
+            raise ValueError(changed.format(err)) from None
+        for n, p in read.items():
+            for key, t in p.items():
+                held = self.processors[n][key]
+                if t.shape != held.shape or t.dtype != held.dtype:
+                    raise ValueError(changed.format(f"layer {n} {key} is now {tuple(t.shape)} {t.dtype}"))
+        return read
 
     def lora_layers(self, block: int):
         """(attention, projection, up, down) of every LoRA pair of transformer block ``block`` the file
@@ -244,7 +304,27 @@ def _refused_pickle(name: str, err: Exception) -> ValueError:
         f"({WHERE_TO_GET}) or a .safetensors conversion.")
 
 
-def _load_state(path: str) -> Mapping:
+def _read_ip_tensors(path: str, numbers) -> Dict[int, Dict[str, torch.Tensor]]:
+    """{n: {"to_k_ip", "to_v_ip"}} of cross-attention layers ``numbers`` from the file: a safetensors file
+    reads only those tensors; a zip-format torch file is memory-mapped, so only their bytes are read."""
+    keys = {n: {w: f"{n}.{w}.weight" for w in ("to_k_ip", "to_v_ip")} for n in numbers}
+    if path.lower().endswith(".safetensors"):
+        from safetensors import safe_open
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                return {n: {w: f.get_tensor(f"ip_adapter.{k}") for w, k in ks.items()} for n, ks in keys.items()}
+        except Exception as err:  # a damaged file: what safetensors says, as one error of ours
+            raise ValueError(f"{err.__class__.__name__}: {err}") from None
+    state = _load_state(path, mmap=True)
+    try:
+        section = state["ip_adapter"] if "ip_adapter" in state else {
+            k[len("ip_adapter."):]: v for k, v in state.items() if str(k).startswith("ip_adapter.")}
+        return {n: {w: section[k] for w, k in ks.items()} for n, ks in keys.items()}
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"missing {err}") from None
+
+
+def _load_state(path: str, mmap: bool = False) -> Mapping:
     name = os.path.basename(path)
     lower = name.lower()
     if lower.endswith(".safetensors"):
@@ -264,7 +344,8 @@ def _load_state(path: str) -> Mapping:
                              f"checkpoint: neither a zip archive nor a pickle stream). Download it again; {WHERE_TO_GET}.")
         try:
             # weights_only: tensors and containers only; any other global is refused, never executed.
-            return torch.load(path, map_location="cpu", weights_only=True)
+            # mmap: tensors read from the file when touched (zip archives only)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and head.startswith(b"PK"))
         except pickle.UnpicklingError as err:
             if "weights_only" in str(err) or "Unsupported global" in str(err) or "global" in str(err).lower():
                 raise _refused_pickle(name, err) from None
@@ -363,8 +444,12 @@ def faceid_adapter_from_state_dict(state: Mapping, name: str) -> FaceIDAdapter:
 
 def load_faceid_adapter(path: str) -> FaceIDAdapter:
     """Load an IP-Adapter-FaceID checkpoint (.bin torch pickle or .safetensors) without running any code
-    it might contain, and validate its layout."""
+    it might contain, and validate its layout. The identity projections are let go after the check and
+    read from the file again when identity tokens are projected (`FaceIDAdapter.reading_identity_weights`)."""
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"FaceID adapter '{name}' not found at {path}. {WHERE_TO_GET}.")
-    return faceid_adapter_from_state_dict(_load_state(path), name)
+    # Memory-mapped where the file allows (a zip-format .bin): the identity projections' bytes are not read here.
+    adapter = faceid_adapter_from_state_dict(_load_state(path, mmap=True), name)
+    adapter.release_identity_weights(path)
+    return adapter

@@ -52,7 +52,47 @@ def test_bin_and_safetensors_give_the_same_adapter(tmp_path):
     assert torch.equal(a.project(e), b.project(e))
     for n in a.processors:
         for k in a.processors[n]:
-            assert torch.equal(a.processors[n][k], b.processors[n][k])
+            if "_ip" not in k:  # the identity projections are read when needed (next test)
+                assert torch.equal(a.processors[n][k], b.processors[n][k])
+    with a.reading_identity_weights() as wa, b.reading_identity_weights() as wb:
+        for block in range(a.num_blocks):
+            assert all(torch.equal(x, y) for x, y in zip(wa(block), wb(block)))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
+def test_identity_projections_are_read_from_the_file_when_needed_and_let_go(tmp_path, suffix):
+    """A loaded adapter holds its identity projections as shapes only; projecting identity tokens reads them
+    from the file (the same tensors as the file's), and lets them go afterwards; the keys and values are
+    those of an adapter holding every weight. A file changed since it was loaded is refused by name."""
+    import weakref
+
+    from revpers_core.conditioning import identity_tokens
+
+    flat = load_file(str(adapter_path("golden")))
+    path = tmp_path / f"ip-adapter-faceid_tiny{suffix}"
+    if suffix == ".bin":
+        torch.save(_nested(flat), path)
+    else:
+        path.write_bytes(adapter_path("golden").read_bytes())
+    adapter = load_faceid_adapter(str(path))
+    held = faceid_adapter_from_state_dict(flat, "held")
+    assert not adapter.identity_weights_held and held.identity_weights_held
+    assert all(adapter.processors[n][k].is_meta for n in range(1, 8, 2) for k in ("to_k_ip", "to_v_ip"))
+    assert adapter.identity_weights(1)[0].shape == held.identity_weights(1)[0].shape
+    with adapter.reading_identity_weights() as weights:
+        k, v = weights(2)
+        assert torch.equal(k, flat["ip_adapter.5.to_k_ip.weight"]) and torch.equal(v, flat["ip_adapter.5.to_v_ip.weight"])
+        gone = weakref.ref(k)
+        del k, v
+    assert gone() is None  # nothing keeps the file's projections once read
+    e = golden()["ip_embeds_generation"].reshape(2, 512)[1:]
+    mine, theirs = identity_tokens(adapter, e, 1.0), identity_tokens(held, e, 1.0)
+    for block in range(adapter.num_blocks):
+        assert all(torch.equal(x, y) for x, y in zip(mine.project(block, "cpu", torch.float32),
+                                                     theirs.project(block, "cpu", torch.float32)))
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match=r"'ip-adapter-faceid_tiny.*' changed on disk.*queue the prompt again"):
+        identity_tokens(adapter, e, 1.0)
 
 
 def test_projection_is_the_faceid_mlp():
