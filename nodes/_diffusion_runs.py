@@ -22,6 +22,7 @@ nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -57,8 +58,7 @@ class _SolverRun:
 
         def denoise(x_vp, j):
             sigma = sigmas[j] * s_in
-            # the model divides its input by √(σ² + 1) (computed the same way there), giving back x_vp
-            x_ve = x_vp * (sigma.view(-1, *([1] * (x_vp.ndim - 1))) ** 2 + 1.0) ** 0.5
+            x_ve = solver.ve_input(x_vp, sigma)
             m = model(x_ve, sigma, **extra_args)
             if callback is not None:
                 callback({"x": x_ve, "i": j, "sigma": sigmas[j], "sigma_hat": sigmas[j], "denoised": m})
@@ -98,9 +98,10 @@ class _ReplayRun(_SolverRun):
 
 
 def _record_to(record: solver.InversionRecord, device) -> solver.InversionRecord:
-    return solver.InversionRecord(record.x_T.to(device), record.noise_maps.to(device), record.timesteps.cpu(),
-                                  record.alphas_cumprod.cpu(), record.last_data_prediction.to(device), record.guidance,
-                                  record.seed, list(record.step_orders))
+    return dataclasses.replace(record, x_T=record.x_T.to(device), noise_maps=record.noise_maps.to(device),
+                               timesteps=record.timesteps.cpu(), alphas_cumprod=record.alphas_cumprod.cpu(),
+                               last_data_prediction=record.last_data_prediction.to(device),
+                               step_orders=list(record.step_orders))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,15 +48,12 @@ def model_schedule(model) -> solver.NoiseSchedule:
     if not (_maps_discrete_timesteps(ms) and _predicts_eps_or_v(ms)):
         raise ValueError(f"the MODEL ({model_name(model)}) uses {type(ms).__name__} sampling; the inversion needs a "
                          "discrete-time ε- or v-prediction model (SD1.5 / SDXL family)")
-    sigmas = ms.sigmas.detach().to("cpu", torch.float64)
-    comfy_ac = 1.0 / (1.0 + sigmas ** 2)
     settings = getattr(getattr(model.model, "model_config", None), "sampling_settings", {}) or {}
     name = _BETA_NAMES.get(settings.get("beta_schedule", "linear"))
+    ref = None
     if name is not None and hasattr(ms, "linear_start") and not getattr(ms, "zsnr", False):
-        ref = solver.NoiseSchedule.from_betas(name, ms.linear_start, ms.linear_end, len(sigmas))
-        if torch.allclose(ref.alphas_cumprod.double(), comfy_ac, rtol=1e-5, atol=0):
-            return ref
-    return solver.NoiseSchedule(comfy_ac.float())
+        ref = solver.NoiseSchedule.from_betas(name, ms.linear_start, ms.linear_end, len(ms.sigmas))
+    return solver.NoiseSchedule.from_ve_sigmas(ms.sigmas, ref)
 
 
 def step_sigmas(model, schedule: solver.NoiseSchedule, timesteps: torch.Tensor) -> torch.Tensor:

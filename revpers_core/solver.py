@@ -34,7 +34,7 @@ reference, so the pack reproduces its numerics; the step is written once (`step_
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
@@ -143,6 +143,17 @@ class NoiseSchedule:
             raise ValueError(f"unknown beta schedule {beta_schedule!r} (expected 'scaled_linear' or 'linear')")
         return cls(torch.cumprod(1.0 - betas, dim=0))
 
+    @classmethod
+    def from_ve_sigmas(cls, sigmas: torch.Tensor, reference: Optional["NoiseSchedule"] = None) -> "NoiseSchedule":
+        """The schedule of a host's VE noise levels σ_t (ᾱ_t = 1 / (1 + σ_t²)); ``reference`` (the table made
+        from the model's β schedule, as the reference makes it) when it gives the same ᾱ to 1e-5 relative,
+        so step coefficients match the reference's bit for bit."""
+        ac = 1.0 / (1.0 + torch.as_tensor(sigmas).detach().to("cpu", torch.float64) ** 2)
+        if reference is not None and reference.alphas_cumprod.shape == ac.shape and torch.allclose(
+                reference.alphas_cumprod.double(), ac, rtol=1e-5, atol=0):
+            return reference
+        return cls(ac.float())
+
     def sigma_ve(self, t: int) -> torch.Tensor:
         """σ_t/α_t: the variance-exploding noise level (k-diffusion's sigma) of timestep t."""
         return self.sigma[t] / self.alpha[t]
@@ -155,6 +166,12 @@ class NoiseSchedule:
     def same_as(self, other: "NoiseSchedule", rtol: float = 1e-5) -> bool:
         a, b = self.alphas_cumprod, other.alphas_cumprod
         return a.shape == b.shape and bool(torch.allclose(a, b, rtol=rtol, atol=0))
+
+
+def ve_input(x_vp: torch.Tensor, sigma_ve: torch.Tensor) -> torch.Tensor:
+    """x_ve = x_vp · √(σ² + 1): the VP latent x_t = α_t x_0 + σ_t ε in the VE form x_0 + σ ε a k-diffusion
+    host's model takes (σ = σ_t/α_t per row; the host divides by √(σ² + 1) again, giving back x_vp)."""
+    return x_vp * (sigma_ve.view(-1, *([1] * (x_vp.ndim - 1))) ** 2 + 1.0) ** 0.5
 
 
 def inversion_timesteps(steps: int, skip: float, num_train_timesteps: int = 1000) -> torch.Tensor:
@@ -298,17 +315,16 @@ class InversionRecord:
 
     def faces(self, start: int, stop: int) -> "InversionRecord":
         """The record of faces start..stop-1 (a chunk of the batch)."""
-        return InversionRecord(self.x_T[start:stop], self.noise_maps[:, start:stop], self.timesteps,
-                               self.alphas_cumprod, self.last_data_prediction[start:stop], self.guidance,
-                               self.seed, list(self.step_orders))
+        return replace(self, x_T=self.x_T[start:stop], noise_maps=self.noise_maps[:, start:stop],
+                       last_data_prediction=self.last_data_prediction[start:stop], step_orders=list(self.step_orders))
 
     @classmethod
     def joined(cls, records: Sequence["InversionRecord"]) -> "InversionRecord":
         """One record of the faces of several (chunk records of one inversion, in order)."""
-        first = records[0]
-        return cls(torch.cat([r.x_T for r in records]), torch.cat([r.noise_maps for r in records], dim=1),
-                   first.timesteps, first.alphas_cumprod, torch.cat([r.last_data_prediction for r in records]),
-                   first.guidance, first.seed, list(first.step_orders))
+        return replace(records[0], x_T=torch.cat([r.x_T for r in records]),
+                       noise_maps=torch.cat([r.noise_maps for r in records], dim=1),
+                       last_data_prediction=torch.cat([r.last_data_prediction for r in records]),
+                       step_orders=list(records[0].step_orders))
 
 
 def _draw_noise(generators: Sequence[torch.Generator], like: torch.Tensor) -> torch.Tensor:
