@@ -12,9 +12,10 @@ class RevPersFaceIDAdapterLoader:
     DESCRIPTION = (
         "Loads an IP-Adapter-FaceID file from models/ipadapter: ip-adapter-faceid_sdxl.bin for SDXL, "
         "ip-adapter-faceid_sd15.bin for SD1.5, or a .safetensors conversion. It holds the identity projection "
-        "(ArcFace 512 -> identity tokens), the per-layer identity attention weights and the LoRA the file carries "
-        "for every attention layer. .bin files are read with torch's weights-only loader: a file holding anything "
-        "but tensors is refused and nothing in it runs.")
+        "(ArcFace 512 -> identity tokens) and the LoRA the file carries for every attention layer; the per-layer "
+        "identity attention weights (most of the file) are checked, then read from the file again only when "
+        "Identity Conditioning makes new identity tokens. .bin files are read with torch's weights-only loader: "
+        "a file holding anything but tensors is refused and nothing in it runs.")
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -9,7 +9,9 @@ class RevPersIdentityConditioning:
         "so that the conditional branch sees each face's identity tokens and the unconditional branch the tokens of "
         "the null (zero) embedding. With negative guidance in the Anonymized Sampler this pushes the result away from "
         "the person. Without an embedding it gives the inversion's model: adapter and LoRA active, null identity on "
-        "both branches. Works on a clone: the input MODEL is unchanged, and other patches and LoRAs are kept.")
+        "both branches. Works on a clone: the input MODEL is unchanged, and other patches and LoRAs are kept. The LoRA "
+        "is merged into the weights by ComfyUI where the model runs on a GPU, and added by each projection at run "
+        "time where it runs on the CPU (there a merge would hold every patched weight twice).")
 
     @classmethod
     def INPUT_TYPES(cls):
