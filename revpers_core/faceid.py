@@ -43,6 +43,7 @@ IMAGE_PROJ_KEYS = ("proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias
 LORA_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out")
 _IP_KEY = re.compile(r"^(\d+)\.(to_k_ip|to_v_ip|to_(?:q|k|v|out)_lora\.(?:down|up))\.weight$")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+IDENTITY_READ_BLOCKS = 8  # transformer blocks whose identity projections are read from the file at a time
 WHERE_TO_GET = ("get ip-adapter-faceid_sdxl.bin (SDXL) or ip-adapter-faceid_sd15.bin (SD1.5) from "
                 "https://huggingface.co/h94/IP-Adapter-FaceID and put it in models/ipadapter")
 
@@ -185,35 +186,50 @@ class FaceIDAdapter:
     @contextlib.contextmanager
     def reading_identity_weights(self) -> Iterator[Callable[[int], Tuple[torch.Tensor, torch.Tensor]]]:
         """Within this, block -> (to_k_ip, to_v_ip) of that transformer block: the adapter's own tensors, or,
-        once released, the file's, read again (only those) and let go on leaving."""
+        once released, the file's, read again IDENTITY_READ_BLOCKS blocks at a time (only those tensors; a
+        group is let go when the next is read, and on leaving), so reading them never holds the whole set."""
         if self.source is None:
             yield self.identity_weights
             return
-        processors = self._read_identity_weights()
-        try:
-            yield lambda block: (processors[2 * block + 1]["to_k_ip"], processors[2 * block + 1]["to_v_ip"])
-        finally:
-            processors.clear()
+        self._check_unchanged()
+        group: Dict[int, Dict[str, torch.Tensor]] = {}
 
-    def _read_identity_weights(self) -> Dict[int, Dict[str, torch.Tensor]]:
-        name = self.name
-        changed = (f"FaceID adapter '{name}' changed on disk or became unreadable since it was loaded ({{}}); "
-                   f"queue the prompt again so the adapter loader reads the file anew")
+        def weights(block: int) -> Tuple[torch.Tensor, torch.Tensor]:
+            n = 2 * block + 1
+            if n not in group:
+                group.clear()  # the previous group's tensors (and the file mapping they share) go
+                first = block - block % IDENTITY_READ_BLOCKS
+                last = min(first + IDENTITY_READ_BLOCKS, self.num_blocks)
+                group.update(self._read_identity_weights(range(2 * first + 1, 2 * last + 1, 2)))
+            return group[n]["to_k_ip"], group[n]["to_v_ip"]
+
+        try:
+            yield weights
+        finally:
+            group.clear()
+
+    def _changed(self, why) -> ValueError:
+        return ValueError(f"FaceID adapter '{self.name}' changed on disk or became unreadable since it was loaded "
+                          f"({why}); queue the prompt again so the adapter loader reads the file anew")
+
+    def _check_unchanged(self) -> None:
         try:
             stat = os.stat(self.source)
         except OSError as err:
-            raise ValueError(changed.format(err)) from None
+            raise self._changed(err) from None
         if (stat.st_size, stat.st_mtime_ns) != self._stamp:
-            raise ValueError(changed.format("its size or modification time differs"))
+            raise self._changed("its size or modification time differs")
+
+    def _read_identity_weights(self, numbers) -> Dict[int, Dict[str, torch.Tensor]]:
         try:
-            read = _read_ip_tensors(self.source, range(1, self.num_processors, 2))
+            read = _read_ip_tensors(self.source, numbers)
         except ValueError as err:
-            raise ValueError(changed.format(err)) from None
+            raise self._changed(err) from None
         for n, p in read.items():
             for key, t in p.items():
                 held = self.processors[n][key]
                 if t.shape != held.shape or t.dtype != held.dtype:
-                    raise ValueError(changed.format(f"layer {n} {key} is now {tuple(t.shape)} {t.dtype}"))
+                    raise self._changed(f"layer {n} {key} is now {tuple(t.shape)} {t.dtype}")
         return read
 
     def lora_layers(self, block: int):

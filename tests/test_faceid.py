@@ -60,13 +60,17 @@ def test_bin_and_safetensors_give_the_same_adapter(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
-def test_identity_projections_are_read_from_the_file_when_needed_and_let_go(tmp_path, suffix):
+def test_identity_projections_are_read_from_the_file_when_needed_and_let_go(tmp_path, suffix, monkeypatch):
     """A loaded adapter holds its identity projections as shapes only; projecting identity tokens reads them
-    from the file (the same tensors as the file's), and lets them go afterwards; the keys and values are
-    those of an adapter holding every weight. A file changed since it was loaded is refused by name."""
+    from the file (the same tensors as the file's) a group of blocks at a time, letting each group go when
+    the next is read and all on leaving; the keys and values are those of an adapter holding every weight.
+    A file changed since it was loaded is refused by name."""
     import weakref
 
+    import revpers_core.faceid as faceid
     from revpers_core.conditioning import identity_tokens
+
+    monkeypatch.setattr(faceid, "IDENTITY_READ_BLOCKS", 1)  # the tiny adapter has 4 blocks: 4 groups
 
     flat = load_file(str(adapter_path("golden")))
     path = tmp_path / f"ip-adapter-faceid_tiny{suffix}"
@@ -84,7 +88,10 @@ def test_identity_projections_are_read_from_the_file_when_needed_and_let_go(tmp_
         assert torch.equal(k, flat["ip_adapter.5.to_k_ip.weight"]) and torch.equal(v, flat["ip_adapter.5.to_v_ip.weight"])
         gone = weakref.ref(k)
         del k, v
-    assert gone() is None  # nothing keeps the file's projections once read
+        assert weights(2)[0] is gone()  # the group is kept while its blocks are read
+        last = weakref.ref(weights(3)[0])
+        assert gone() is None  # the previous group is let go when the next is read
+    assert last() is None  # and the last one on leaving
     e = golden()["ip_embeds_generation"].reshape(2, 512)[1:]
     mine, theirs = identity_tokens(adapter, e, 1.0), identity_tokens(held, e, 1.0)
     for block in range(adapter.num_blocks):
