@@ -360,8 +360,13 @@ def _load_state(path: str, mmap: bool = False) -> Mapping:
                              f"checkpoint: neither a zip archive nor a pickle stream). Download it again; {WHERE_TO_GET}.")
         try:
             # weights_only: tensors and containers only; any other global is refused, never executed.
-            # mmap: tensors read from the file when touched (zip archives only)
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and head.startswith(b"PK"))
+            # mmap: tensors read from the file when touched (zip archives only; a read in full where it fails)
+            if mmap and head.startswith(b"PK"):
+                try:
+                    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError:
+                    pass
+            return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             if "weights_only" in str(err) or "Unsupported global" in str(err) or "global" in str(err).lower():
                 raise _refused_pickle(name, err) from None
