@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from paths import REPO
+from standin_models import QUICKSTART_MODELS
 from revpers_core import standins
 from revpers_core.standins import faceid
 from revpers_core.standins.__main__ import main as standins_main
@@ -48,7 +49,9 @@ def faceid_file(request, tmp_path_factory):
     arch = request.param
     path = tmp_path_factory.mktemp("faceid") / f"ip-adapter-faceid_{arch}.bin"
     size = faceid.write_faceid_bin(path, arch=arch, seed=0)
-    return arch, path, size
+    assert size == path.stat().st_size == standins.SIZES[f"faceid-{arch}"]
+    yield arch, path, size
+    path.unlink()  # the SDXL one is 1.07 GB: given back when the module is done, not at the session's end
 
 
 def test_faceid_bin_loads_weights_only_with_the_published_nesting(faceid_file):
@@ -199,12 +202,14 @@ def test_the_command_line_generates_files_identical_to_the_function_and_keeps_th
 
 
 def _check_checkpoint(arch, expected_keys, expected_class):
-    path = standins.generate_checkpoint(TEST_MODELS, arch, seed=0)
+    # the quick start's file when it has one (hard-linked): the SDXL one is 6.9 GB of disk
+    path = standins.generate_checkpoint(TEST_MODELS, arch, seed=0, reuse=[QUICKSTART_MODELS])
     from safetensors import safe_open
     with safe_open(path, "pt") as f:
         keys = list(f.keys())
         assert f.metadata()["revpers_standin"] == arch
     assert len(keys) == expected_keys
+    assert path.stat().st_size == standins.SIZES[f"checkpoint-{arch}"]
     report = standins.verify_checkpoint(path, low_memory=(arch == "sdxl"))
     assert report["model_config"] == expected_class
     assert report["finite"], report
@@ -224,6 +229,24 @@ def test_sdxl_checkpoint_is_detected_and_runs_finite():
     (what CheckpointLoaderSimple calls), finite through one step and the VAE (UNet in bf16)."""
     report = _check_checkpoint("sdxl", 2515, "SDXL")
     print(report)
+
+
+def test_a_disk_too_full_for_a_standin_is_said_before_writing(tmp_path, monkeypatch, capsys):
+    """The free space is checked against the file's size first: the error names the file, both sizes and
+    the fix, nothing is left half-written, and the command line prints it as one line and exits 1."""
+    from revpers_core.standins import store
+    free = 500e6  # a disk with 0.5 GB free, too little for the 1.07 GB SDXL adapter
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda folder: type("Usage", (), {"free": free})())
+    with pytest.raises(OSError, match=r"not enough disk space to generate the SDXL stand-in FaceID adapter: "
+                                      r"it takes 1\.07 GB and .* has 0\.50 GB free\. Free some space"):
+        standins.generate_faceid(tmp_path, "sdxl", seed=0, log=lambda s: None)
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as e:
+        standins_main(["--models", str(tmp_path), "--faceid"])
+    assert str(e.value.code).startswith("error: not enough disk space to generate the SDXL stand-in FaceID")
+    free = 2e9  # enough for the SD1.5 one (0.10 GB): written
+    assert standins.generate_faceid(tmp_path, "sd15", seed=0, log=lambda s: None).stat().st_size == \
+        standins.SIZES["faceid-sd15"]
 
 
 def test_buffalo_standins_are_generated_once(tmp_path):

@@ -28,11 +28,11 @@ imports none of the heavy ones until asked to generate.
 import time
 from pathlib import Path
 
-from .store import (already_there, folder_is_current, is_current, read_marker, write_atomic, write_folder_stamp,
-                    write_marker)
+from .store import (already_there, ensure_space, folder_is_current, is_current, read_marker, write_atomic,
+                    write_folder_stamp, write_marker)
 
 __all__ = ["ARCHS", "CHECKPOINTS", "FACEID", "BUFFALO_DIR", "generate", "generate_checkpoint", "generate_faceid",
-           "generate_buffalo", "is_current", "verify_checkpoint"]
+           "generate_buffalo", "is_current", "verify_checkpoint", "SIZES"]
 
 ARCHS = ("sdxl", "sd15")
 CHECKPOINTS = {
@@ -44,6 +44,14 @@ FACEID = {
     "sd15": "ipadapter/ip-adapter-faceid_sd15.bin",
 }
 BUFFALO_DIR = "insightface/models/buffalo_l"
+# The bytes each generated file takes (checked against the files by the tests), so that a disk too
+# full for one is said before writing starts.
+SIZES = {
+    "checkpoint-sdxl": 6_938_041_288,
+    "checkpoint-sd15": 2_132_625_294,
+    "faceid-sdxl": 1_071_400_677,
+    "faceid-sd15": 96_798_387,
+}
 
 
 def _arch(arch):
@@ -64,6 +72,7 @@ def generate_checkpoint(models_dir, arch, seed=0, comfyui_dir=None, log=print, r
     if comfyui_dir is None:
         from ..host import default_comfyui_dir
         comfyui_dir = default_comfyui_dir()
+    ensure_space(path, SIZES[kind], f"the {arch.upper()} stand-in checkpoint")
     t0 = time.time()
     keys, params = write_atomic(path, lambda tmp: write_checkpoint(tmp, arch, seed, comfyui_dir))
     write_marker(path, kind, seed, keys=keys, params=params)
@@ -80,6 +89,7 @@ def generate_faceid(models_dir, arch, seed=0, log=print, reuse=()) -> Path:
         return path
     from .faceid import write_faceid_bin
 
+    ensure_space(path, SIZES[kind], f"the {arch.upper()} stand-in FaceID adapter")
     t0 = time.time()
     write_faceid_bin(path, arch=arch, seed=seed)
     write_marker(path, kind, seed)

@@ -48,7 +48,7 @@ def main(argv=None):
     try:
         paths = generate(a.models, archs, a.faceid, a.buffalo, a.seed, a.comfyui,
                          log=lambda s: print(s, flush=True), reuse=a.reuse)
-    except FileNotFoundError as e:
+    except OSError as e:  # a missing host, a full disk (said before writing where it can be)
         raise SystemExit(f"error: {e}")
     if a.verify:
         for path in paths:

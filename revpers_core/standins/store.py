@@ -72,6 +72,18 @@ def write_atomic(path, write):
             tmp.unlink()
 
 
+def ensure_space(path, need_bytes, what):
+    """Refuse, before writing, to generate `what` (`need_bytes` long) where the disk holding `path`
+    has less free than that plus a 5 % margin: a full disk met half-way leaves a clearer error here."""
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes * 1.05:
+        raise OSError(f"not enough disk space to generate {what}: it takes {need_bytes / 1e9:.2f} GB and "
+                      f"{folder} has {free / 1e9:.2f} GB free. Free some space there, or generate into a "
+                      f"models folder on another disk.")
+
+
 def _link_or_copy(src, tmp):
     try:
         os.link(src, tmp)
