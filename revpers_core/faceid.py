@@ -89,6 +89,7 @@ class FaceIDAdapter:
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells apart two loads, even of one file
     source: Optional[str] = None  # the file the identity projections are read from again, once released
     _stamp: Optional[Tuple[int, int]] = None  # that file's (size, mtime_ns) when it was loaded
+    _source_layout: str = ""  # how that file can be read in part: "safetensors", "zip" or "stream" (not at all)
 
     # -- shapes -------------------------------------------------------------------------------
     @property
@@ -174,32 +175,36 @@ class FaceIDAdapter:
     def release_identity_weights(self, source: str) -> None:
         """Let the identity projections go, to be read from ``source`` (the file this adapter was loaded
         from) when new identity tokens need them; their shapes and dtypes stay (as "meta" tensors). Every
-        other tensor is copied into memory of its own: the load may have mapped the file, and a mapping would
-        follow the file if it were overwritten."""
+        other tensor is copied into memory of its own where the load mapped the file (safetensors, a zip-format
+        .bin): a mapping would follow the file if it were overwritten. A pickle stream's load is its own."""
         stat = os.stat(source)
+        layout = _file_layout(source)
+        own = (lambda t: t) if layout == "stream" else (lambda t: t.clone())
         for n, p in self.processors.items():
             for key, t in p.items():
-                p[key] = torch.empty_like(t, device="meta") if key in ("to_k_ip", "to_v_ip") else t.clone()
-        self.image_proj = {k: t.clone() for k, t in self.image_proj.items()}
-        self.source, self._stamp = source, (stat.st_size, stat.st_mtime_ns)
+                p[key] = torch.empty_like(t, device="meta") if key in ("to_k_ip", "to_v_ip") else own(t)
+        self.image_proj = {k: own(t) for k, t in self.image_proj.items()}
+        self.source, self._stamp, self._source_layout = source, (stat.st_size, stat.st_mtime_ns), layout
 
     @contextlib.contextmanager
     def reading_identity_weights(self) -> Iterator[Callable[[int], Tuple[torch.Tensor, torch.Tensor]]]:
         """Within this, block -> (to_k_ip, to_v_ip) of that transformer block: the adapter's own tensors, or,
         once released, the file's, read again IDENTITY_READ_BLOCKS blocks at a time (only those tensors; a
-        group is let go when the next is read, and on leaving), so reading them never holds the whole set."""
+        group is let go when the next is read, and on leaving), so reading them never holds the whole set.
+        A pickle-stream .bin (older torch) can only be read whole: all blocks are then read in one go."""
         if self.source is None:
             yield self.identity_weights
             return
         self._check_unchanged()
         group: Dict[int, Dict[str, torch.Tensor]] = {}
+        size = self.num_blocks if self._source_layout == "stream" else IDENTITY_READ_BLOCKS
 
         def weights(block: int) -> Tuple[torch.Tensor, torch.Tensor]:
             n = 2 * block + 1
             if n not in group:
                 group.clear()  # the previous group's tensors (and the file mapping they share) go
-                first = block - block % IDENTITY_READ_BLOCKS
-                last = min(first + IDENTITY_READ_BLOCKS, self.num_blocks)
+                first = block - block % size
+                last = min(first + size, self.num_blocks)
                 group.update(self._read_identity_weights(range(2 * first + 1, 2 * last + 1, 2)))
             return group[n]["to_k_ip"], group[n]["to_v_ip"]
 
@@ -320,9 +325,19 @@ def _refused_pickle(name: str, err: Exception) -> ValueError:
         f"({WHERE_TO_GET}) or a .safetensors conversion.")
 
 
+def _file_layout(path: str) -> str:
+    """"safetensors" (read by key), "zip" (a torch.save archive, memory-mapped) or "stream" (a pickle stream
+    of older torch, which is only read whole)."""
+    if path.lower().endswith(".safetensors"):
+        return "safetensors"
+    with open(path, "rb") as f:
+        return "zip" if f.read(2) == b"PK" else "stream"
+
+
 def _read_ip_tensors(path: str, numbers) -> Dict[int, Dict[str, torch.Tensor]]:
     """{n: {"to_k_ip", "to_v_ip"}} of cross-attention layers ``numbers`` from the file: a safetensors file
-    reads only those tensors; a zip-format torch file is memory-mapped, so only their bytes are read."""
+    reads only those tensors; a zip-format torch file is memory-mapped, so only their bytes are read; a
+    pickle stream is read whole."""
     keys = {n: {w: f"{n}.{w}.weight" for w in ("to_k_ip", "to_v_ip")} for n in numbers}
     if path.lower().endswith(".safetensors"):
         from safetensors import safe_open

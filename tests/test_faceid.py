@@ -59,11 +59,12 @@ def test_bin_and_safetensors_give_the_same_adapter(tmp_path):
             assert all(torch.equal(x, y) for x, y in zip(wa(block), wb(block)))
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
-def test_identity_projections_are_read_from_the_file_when_needed_and_let_go(tmp_path, suffix, monkeypatch):
+@pytest.mark.parametrize("layout", ["safetensors", "zip", "stream"])
+def test_identity_projections_are_read_from_the_file_when_needed_and_let_go(tmp_path, layout, monkeypatch):
     """A loaded adapter holds its identity projections as shapes only; projecting identity tokens reads them
     from the file (the same tensors as the file's) a group of blocks at a time, letting each group go when
     the next is read and all on leaving; the keys and values are those of an adapter holding every weight.
+    A pickle-stream .bin (older torch.save), which can only be read whole, is read once for all blocks.
     A file changed since it was loaded is refused by name."""
     import weakref
 
@@ -71,13 +72,18 @@ def test_identity_projections_are_read_from_the_file_when_needed_and_let_go(tmp_
     from revpers_core.conditioning import identity_tokens
 
     monkeypatch.setattr(faceid, "IDENTITY_READ_BLOCKS", 1)  # the tiny adapter has 4 blocks: 4 groups
+    reads = []
+    read_ip_tensors = faceid._read_ip_tensors
+    monkeypatch.setattr(faceid, "_read_ip_tensors", lambda path, numbers: reads.append(list(numbers)) or
+                        read_ip_tensors(path, numbers))
 
     flat = load_file(str(adapter_path("golden")))
-    path = tmp_path / f"ip-adapter-faceid_tiny{suffix}"
-    if suffix == ".bin":
-        torch.save(_nested(flat), path)
-    else:
+    path = tmp_path / f"ip-adapter-faceid_tiny.{'safetensors' if layout == 'safetensors' else 'bin'}"
+    if layout == "safetensors":
         path.write_bytes(adapter_path("golden").read_bytes())
+    else:
+        torch.save(_nested(flat), path, _use_new_zipfile_serialization=(layout == "zip"))
+    assert faceid._file_layout(str(path)) == layout
     adapter = load_faceid_adapter(str(path))
     held = faceid_adapter_from_state_dict(flat, "held")
     assert not adapter.identity_weights_held and held.identity_weights_held
@@ -90,14 +96,24 @@ def test_identity_projections_are_read_from_the_file_when_needed_and_let_go(tmp_
         del k, v
         assert weights(2)[0] is gone()  # the group is kept while its blocks are read
         last = weakref.ref(weights(3)[0])
-        assert gone() is None  # the previous group is let go when the next is read
+        if layout == "stream":
+            assert gone() is not None  # one group: every block
+        else:
+            assert gone() is None  # the previous group is let go when the next is read
     assert last() is None  # and the last one on leaving
     e = golden()["ip_embeds_generation"].reshape(2, 512)[1:]
+    reads.clear()
     mine, theirs = identity_tokens(adapter, e, 1.0), identity_tokens(held, e, 1.0)
+    assert reads == ([[1, 3, 5, 7]] if layout == "stream" else [[1], [3], [5], [7]])
     for block in range(adapter.num_blocks):
         assert all(torch.equal(x, y) for x, y in zip(mine.project(block, "cpu", torch.float32),
                                                      theirs.project(block, "cpu", torch.float32)))
-    path.write_bytes(path.read_bytes() + b"\0")
+    with open(path, "r+b") as f:  # overwritten in place, the same size: what the adapter holds is its own
+        f.write(b"\0" * path.stat().st_size)
+    assert all(torch.equal(t, flat[f"image_proj.{k}"]) for k, t in adapter.image_proj.items())
+    assert all(torch.equal(t, flat[f"ip_adapter.{n}.{k}.weight"]) for n, p in adapter.processors.items()
+               for k, t in p.items() if not t.is_meta)
+    path.write_bytes(path.read_bytes() + b"\0")  # and a size that differs, whatever the clock's resolution
     with pytest.raises(ValueError, match=r"'ip-adapter-faceid_tiny.*' changed on disk.*queue the prompt again"):
         identity_tokens(adapter, e, 1.0)
 
