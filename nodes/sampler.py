@@ -11,7 +11,8 @@ log = logging.getLogger("revpers")
 
 
 def check_identity(model, record):
-    """The MODEL must carry one identity embedding per inverted face (privacy: never sample without one)."""
+    """The MODEL's identity tokens, which must hold one identity embedding per inverted face (privacy: never
+    sample without one)."""
     tokens = identity_of(model)
     if tokens is None or not tokens.has_identity:
         raise ValueError("the MODEL carries no identity: connect the MODEL from Identity Conditioning WITH the faces' "
@@ -21,6 +22,7 @@ def check_identity(model, record):
         raise ValueError(f"the MODEL carries {tokens.faces} identity embedding(s) but the inversion holds "
                          f"{record.batch_size} face(s): connect exactly one embedding per face, in the order of the "
                          "latents that were inverted")
+    return tokens
 
 
 class RevPersAnonymizedSampler:
@@ -74,8 +76,7 @@ class RevPersAnonymizedSampler:
 
     def sample(self, model, conditioning, attribute, inversion, guidance, reference_compat, reference_size,
                face_guidance="", max_rows=0):
-        check_identity(model, inversion)
-        tokens = identity_of(model)
+        tokens = check_identity(model, inversion)
         overrides = guarantee.parse_face_guidance(face_guidance, inversion.batch_size)
         scales = guarantee.row_guidance(float(guidance), overrides, inversion.batch_size)
         warnings = [w for w in (guarantee.weak_guidance_warning(float(guidance), tokens.scale),
