@@ -118,6 +118,14 @@ def _add_lora_merged(patched, adapter: FaceIDAdapter, sites, base_uuid) -> None:
         patched.patches_uuid = uuid.uuid5(_UUID_NAMESPACE, f"{base_uuid}/{adapter.uid}")
 
 
+def _model_forward(patched, key: str, module):
+    """The forward the MODEL itself runs for ``module`` (object patch ``key``): its own object patch there
+    (another node's, kept under ours), else the layer class's forward. Never the live attribute, which is
+    that of whichever clone ComfyUI has loaded at the moment (another node's, or ours)."""
+    own = patched.object_patches.get(key)
+    return own if own is not None else type(module).forward.__get__(module)
+
+
 def _add_lora_low_rank(patched, adapter: FaceIDAdapter, sites) -> None:
     """Object patches: every projection the LoRA covers computed through LoraForward with the file's factors.
     No weight changes, so ComfyUI loads and patches no weight for them; it swaps the object patches whenever
@@ -125,10 +133,9 @@ def _add_lora_low_rank(patched, adapter: FaceIDAdapter, sites) -> None:
     for b, site in enumerate(sites):
         for attn, proj, up, down in adapter.lora_layers(b):
             path = site.weight_key(attn, proj)[:-len(".weight")]
-            forward = comfy.utils.get_attr(patched.model, path).forward
-            if isinstance(forward, LoraForward):  # a patched clone is loaded: take the projection's own forward
-                forward = forward.forward
-            patched.add_object_patch(f"{path}.forward", LoraForward(forward, up, down))
+            key = f"{path}.forward"
+            forward = _model_forward(patched, key, comfy.utils.get_attr(patched.model, path))
+            patched.add_object_patch(key, LoraForward(forward, up, down))
 
 
 def _pair_per_row_layers(patched) -> None:
@@ -136,9 +143,9 @@ def _pair_per_row_layers(patched) -> None:
     dm = patched.model.diffusion_model
     for name, module in dm.named_modules():
         if isinstance(module, torch.nn.Linear) and _PER_ROW_LAYER.search(name):
-            forward = module.forward  # while a patched clone is loaded, that clone's RowPairs is in place
-            patched.add_object_patch(f"diffusion_model.{name}.forward",
-                                     forward if isinstance(forward, RowPairs) else RowPairs(forward))
+            key = f"diffusion_model.{name}.forward"
+            forward = _model_forward(patched, key, module)
+            patched.add_object_patch(key, forward if isinstance(forward, RowPairs) else RowPairs(forward))
 
 
 def apply_faceid(model, adapter: FaceIDAdapter, embeddings: Optional[torch.Tensor], scale: float,

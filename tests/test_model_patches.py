@@ -183,3 +183,40 @@ def test_identity_attention_keeps_only_projected_keys_and_values(pack, tiny_sdxl
     first = tokens.keys_values(0, [False, True], 3, "cpu", torch.float32)
     assert tokens.keys_values(0, [False, True], 3, "cpu", torch.float32)[0] is first[0]
     assert torch.equal(first[0][3], first[0][4]) and not torch.equal(first[0][3], first[0][5])  # e, e, -e
+
+
+def test_the_patches_wrap_the_models_own_forwards_whatever_clone_is_loaded(pack, tiny_sdxl):
+    """The run-time LoRA and the row pairing wrap the forward the input MODEL itself runs for each layer: its
+    own object patch there (another node's, kept under ours), else the layer's own. What a different clone
+    has put on the live model at that moment (another extension's patch, loaded by ComfyUI) is not taken."""
+    import comfy.utils
+
+    from revpers_core.faceid import LoraForward
+    from revpers_core.row_budget import RowPairs
+
+    ia = pack.nodes._identity_attention
+    adapter, base, e = tiny_sdxl["adapter"], tiny_sdxl["base"], om.identity_embedding()
+    ours = ia.apply_faceid(base, adapter, e, 1.0, lora="low-rank")
+    lora_key = next(k for k, p in ours.object_patches.items() if isinstance(p, LoraForward))
+    row_key = next(k for k, p in ours.object_patches.items() if isinstance(p, RowPairs))
+
+    def other_extension(x, *args, **kwargs):  # another node's object patch on those layers
+        return x.new_zeros(())
+
+    foreign = base.clone()
+    for key in (lora_key, row_key):
+        foreign.add_object_patch(key, other_extension)
+    foreign.patch_model()  # ComfyUI has that clone loaded: the live layers run other_extension
+    try:
+        assert comfy.utils.get_attr(base.model, lora_key) is other_extension
+        while_loaded = ia.apply_faceid(base, adapter, e, 1.0, lora="low-rank")
+    finally:
+        foreign.unpatch_model()
+    for key in (lora_key, row_key):
+        inner = while_loaded.object_patches[key].forward
+        assert inner is not other_extension and inner == ours.object_patches[key].forward
+        assert inner.__self__ is comfy.utils.get_attr(base.model, key[:-len(".forward")])  # the layer's own
+    assert while_loaded.object_patches[lora_key] == ours.object_patches[lora_key]  # so one loaded UNet serves both
+
+    stacked = ia.apply_faceid(foreign, adapter, e, 1.0, lora="low-rank")  # the input MODEL's own patches
+    assert all(stacked.object_patches[key].forward is other_extension for key in (lora_key, row_key))
