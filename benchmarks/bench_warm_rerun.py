@@ -9,13 +9,15 @@ on the full-size SDXL stand-in in one real ComfyUI server (CPU, `--bf16-unet`, P
   written as a LoRA file), merged by ComfyUI's own loader: the UNet the pack samples with, minus the
   identity attention.
 
-Each workflow runs once to warm up (the core one first absorbs the checkpoint load; the pack's first
-run puts the FaceID patches on), then RUNS times with a new seed each time (the diffusion and what
-follows it run again; ComfyUI's cache keeps the loaders, text encodings, adapter and embeddings).
-The blocks run one after the other (pack, core + LoRA, core), so that switching between them does not
-count in any. Printed: the seconds of every run, the medians, and pack/core; also how often the server
-logged "Requested to load" (a model load or switch) during each block's timed runs, and the server's
-resident memory after the warm-up and after each timed run, and the median seconds of each node.
+The three are timed in rounds, interleaved (pack, core + LoRA, core; RUNS rounds), so that a drift of
+this machine's speed over the minutes weighs on all three alike. Each timed run follows an untimed run of
+the same workflow with another seed: switching workflows (putting the pack's FaceID patches on, merging
+or restoring ComfyUI's LoRA weights) and the first round's checkpoint load happen there, so a timed run
+is a warm re-run: the diffusion and what follows it run again; ComfyUI's cache keeps the loaders, text
+encodings, adapter and embeddings. Printed: the seconds of every timed run, the medians, pack/core and
+pack/(core + LoRA), each round's own ratios; also how often the server logged "Requested to load" (a
+model load or switch) during each workflow's timed runs, the server's resident memory after each timed
+run, and the median seconds of each node.
 
     flock /tmp/revpers-heavy.lock .venv/bin/python benchmarks/bench_warm_rerun.py [--steps 10] [--runs 3]
         [--size 64] [--comfyui DIR] [--models DIR] [--json out.json]
@@ -29,24 +31,31 @@ from pathlib import Path
 import comfy_bench as cb
 
 
-def block(server, make_graph, runs):
-    server.run(make_graph(0))  # warm-up
-    loads_before = server.log_count("Requested to load")
-    seconds, resident, nodes = [], [cb.gib(server.rss())], {}
-    for seed in range(1, runs + 1):
-        seconds.append(round(server.run(make_graph(seed))[1], 2))
-        resident.append(cb.gib(server.rss()))
-        for kind, s in server.node_seconds.items():
-            nodes.setdefault(kind, []).append(s)
-    return {"seconds": seconds, "median_s": cb.median(seconds),
-            "loads_logged": server.log_count("Requested to load") - loads_before, "resident_gib": resident,
-            "node_median_s": {kind: cb.median(v) for kind, v in nodes.items()}}
+def interleaved(server, graphs, runs):
+    """{name: figures} of the workflows `graphs` ({name: seed -> graph}) timed in `runs` interleaved rounds,
+    each timed run preceded by an untimed one of the same workflow (see the module docstring)."""
+    out = {name: {"seconds": [], "loads_logged": 0, "resident_gib": [], "nodes": {}} for name in graphs}
+    for r in range(runs):
+        for name, make_graph in graphs.items():
+            server.run(make_graph(1000 + r))  # untimed: the switch to this workflow happens here
+            loads_before = server.log_count("Requested to load")
+            fig = out[name]
+            fig["seconds"].append(round(server.run(make_graph(r + 1))[1], 2))
+            fig["loads_logged"] += server.log_count("Requested to load") - loads_before
+            fig["resident_gib"].append(cb.gib(server.rss()))
+            for kind, s in server.node_seconds.items():
+                fig["nodes"].setdefault(kind, []).append(s)
+        print(f"[round {r + 1}] " + ", ".join(f"{name} {out[name]['seconds'][-1]} s" for name in graphs), flush=True)
+    for fig in out.values():
+        fig["median_s"] = cb.median(fig["seconds"])
+        fig["node_median_s"] = {kind: cb.median(v) for kind, v in fig.pop("nodes").items()}
+    return out
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="inversion steps (2x this many UNet calls)")
-    parser.add_argument("--runs", type=int, default=3, help="timed warm re-runs per workflow")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved rounds: timed warm re-runs per workflow")
     parser.add_argument("--size", type=int, default=64, help="face picture size in px")
     args, header = cb.parse_server_benchmark(parser, argv)
     print(f"{header}; {args.size} px, {2 * args.steps} UNet "
@@ -56,21 +65,27 @@ def main(argv=None):
     try:
         face = cb.marker_picture(args.size, args.size, cb.ALIGNED_FACE, seed=1)
         name = server.upload(face, "aligned")
-        pack = block(server, lambda seed: cb.pack_graph("anonymize_aligned_face", name, args.steps, seed=seed),
-                     args.runs)
-        print(f"[pack] {json.dumps(pack)}", flush=True)
-        lora = block(server, lambda seed: cb.core_graph([name], 2 * args.steps, seed=seed, lora=cb.FACEID_LORA),
-                     args.runs)
-        print(f"[core + LoRA] {json.dumps(lora)}", flush=True)
-        core = block(server, lambda seed: cb.core_graph([name], 2 * args.steps, seed=seed), args.runs)
-        print(f"[core] {json.dumps(core)}", flush=True)
+        graphs = {
+            "pack": lambda seed: cb.pack_graph("anonymize_aligned_face", name, args.steps, seed=seed),
+            "core_lora": lambda seed: cb.core_graph([name], 2 * args.steps, seed=seed, lora=cb.FACEID_LORA),
+            "core": lambda seed: cb.core_graph([name], 2 * args.steps, seed=seed),
+        }
+        timed = interleaved(server, graphs, args.runs)
+        for label, key in (("pack", "pack"), ("core + LoRA", "core_lora"), ("core", "core")):
+            print(f"[{label}] {json.dumps(timed[key])}", flush=True)
     finally:
         server.close()
+    pack, lora, core = timed["pack"], timed["core_lora"], timed["core"]
     figures = {"pack": pack, "core_lora": lora, "core": core,
                "ratio_pack_over_core": round(pack["median_s"] / core["median_s"], 3),
-               "ratio_pack_over_core_lora": round(pack["median_s"] / lora["median_s"], 3)}
+               "ratio_pack_over_core_lora": round(pack["median_s"] / lora["median_s"], 3),
+               "round_ratios_pack_over_core": [round(p / c, 3) for p, c in zip(pack["seconds"], core["seconds"])],
+               "round_ratios_pack_over_core_lora": [round(p / c, 3) for p, c in
+                                                    zip(pack["seconds"], lora["seconds"])]}
     print(f"warm re-run, median: pack {pack['median_s']} s, core + LoRA {lora['median_s']} s, core {core['median_s']} "
-          f"s; pack/core {figures['ratio_pack_over_core']}, pack/(core + LoRA) {figures['ratio_pack_over_core_lora']}",
+          f"s; pack/core {figures['ratio_pack_over_core']} (rounds {figures['round_ratios_pack_over_core']}), "
+          f"pack/(core + LoRA) {figures['ratio_pack_over_core_lora']} "
+          f"(rounds {figures['round_ratios_pack_over_core_lora']})",
           flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
