@@ -22,6 +22,12 @@ for folder in (REPO, REPO / "tests"):
         sys.path.insert(0, str(folder))
 
 SERVER_ARGS = ["--cpu", "--use-pytorch-cross-attention", "--bf16-unet", "--disable-auto-launch"]
+
+
+def server_args(gpu=False):
+    """main.py arguments of a benchmark server: SERVER_ARGS, without --cpu when it is to run on the GPU
+    (the UNet stays in bf16 there too: the stand-in's random weights overflow float16)."""
+    return [a for a in SERVER_ARGS if not (gpu and a == "--cpu")]
 CHECKPOINT = "revpers-standin-sdxl.safetensors"
 PHOTO_SIZE = (240, 160)
 PHOTO_FACES = [((70, 80), 28, 11), ((170, 76), 24, 22)]  # as tests/test_workflows_headless.py
@@ -84,12 +90,12 @@ def write_faceid_lora(models_dir, log=print):
 class BenchServer:
     """A ComfyUI server for one benchmark (the pack linked into `comfyui`), and a client for it."""
 
-    def __init__(self, comfyui, models_dir, workdir, extra_args=(), env=None):
+    def __init__(self, comfyui, models_dir, workdir, extra_args=(), env=None, gpu=False):
         from revpers_core.api import ComfyClient
         from revpers_core.host import ComfyHost
 
         workdir = Path(workdir)
-        self.host = ComfyHost(comfyui, python=sys.executable, extra_args=SERVER_ARGS + list(extra_args),
+        self.host = ComfyHost(comfyui, python=sys.executable, extra_args=server_args(gpu) + list(extra_args),
                               models_dir=models_dir, input_dir=workdir / "input", output_dir=workdir / "output",
                               log_path=workdir / "comfyui.log", startup_timeout=300, env=env)
         self.host.start()
@@ -140,6 +146,56 @@ class BenchServer:
     def close(self):
         self.client.close()
         self.host.stop()
+
+
+class GpuMemory:
+    """The card's used memory (nvidia-smi's memory.used, the whole GPU: the server is its only user), read
+    every 50 ms by nvidia-smi's own loop in a thread. `now()` is the last reading, `peak()` the highest
+    since start or `reset_peak()`; bytes. It sees what the CUDA driver holds: the context and PyTorch's
+    caching allocator's reserved blocks, so it is what the card must have free, not what tensors hold."""
+
+    def __init__(self, index=0, period_ms=50):
+        import subprocess
+        import threading
+
+        self._proc = subprocess.Popen(["nvidia-smi", f"--id={index}", "--query-gpu=memory.used",
+                                       "--format=csv,noheader,nounits", f"--loop-ms={period_ms}"],
+                                      stdout=subprocess.PIPE, text=True)
+        self._last = self._high = None
+        self._seen = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._seen.wait(10):
+            raise RuntimeError("nvidia-smi gave no memory reading within 10 s")
+
+    def _read(self):
+        for line in self._proc.stdout:
+            try:
+                value = int(line.strip()) * 2 ** 20
+            except ValueError:
+                continue
+            self._last = value
+            self._high = value if self._high is None else max(self._high, value)
+            self._seen.set()
+
+    def settle(self, seconds=0.3):
+        """Wait for readings taken after now (the loop's period is far shorter)."""
+        time.sleep(seconds)
+
+    def now(self):
+        self.settle()
+        return self._last
+
+    def peak(self):
+        self.settle()
+        return self._high
+
+    def reset_peak(self):
+        self.settle()
+        self._high = self._last
+
+    def close(self):
+        self._proc.terminate()
+        self._proc.wait(5)
 
 
 def node_seconds(graph, marks, end):
@@ -243,6 +299,9 @@ def common_arguments(parser):
     parser.add_argument("--workdir", default=None, help="the server's input/output/log folder (default: a new "
                                                         "temporary folder)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                        help="one more main.py argument for the server (e.g. --server-arg=--front-end-root=DIR), "
+                             "repeatable")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for the server (e.g. MALLOC_TRIM_THRESHOLD_=...), repeatable")
 
@@ -274,10 +333,11 @@ def host_dir(value):
     return Path(value) if value else default_comfyui_dir()
 
 
-def machine():
+def machine(gpu=False):
     import platform
 
     import torch
 
+    used = f"GPU: {torch.cuda.get_device_name(0)}" if gpu else "no GPU used"
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, no GPU used")
+            f"{torch.get_num_threads()} threads, {used}")
