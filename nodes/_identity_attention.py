@@ -13,7 +13,8 @@
   "low-rank" where the model runs on its offload device (the CPU), where a merge would hold every patched
   weight twice (ComfyUI keeps the original beside the merged one, to unpatch): each projection adds
   up·(down·x) at run time (revpers_core.faceid.LoraForward, as object patches), so the LoRA costs what
-  its factors cost.
+  its factors cost (a float16 file's, kept in float32 after the first call where the model computes in
+  float32, as on the CPU: cast once, not at every call).
 * The UNet's per-row layers computed two rows at a time, as for a face alone (revpers_core.row_budget.
   RowPairs, as object patches), so a face's result does not depend on how many faces share its call.
 """
@@ -131,11 +132,11 @@ def _add_lora_low_rank(patched, adapter: FaceIDAdapter, sites) -> None:
     No weight changes, so ComfyUI loads and patches no weight for them; it swaps the object patches whenever
     it loads another clone of the model (the base model runs without them)."""
     for b, site in enumerate(sites):
-        for attn, proj, up, down in adapter.lora_layers(b):
+        for attn, n, proj, _, _ in adapter.lora_pairs(b):
             path = site.weight_key(attn, proj)[:-len(".weight")]
             key = f"{path}.forward"
             forward = _model_forward(patched, key, comfy.utils.get_attr(patched.model, path))
-            patched.add_object_patch(key, LoraForward(forward, up, down))
+            patched.add_object_patch(key, LoraForward(forward, adapter, n, proj))
 
 
 def _pair_per_row_layers(patched) -> None:

@@ -242,15 +242,27 @@ class FaceIDAdapter:
         carries (attention "attn1" or "attn2", projection "to_q" … "to_out"): the low-rank factors
         themselves, ΔW = up · down at weight 1, for the host to merge into the model's weights or to add
         at run time (`LoraForward`)."""
-        for attn, _, proj, up, down in self._lora_pairs(block):
+        for attn, _, proj, up, down in self.lora_pairs(block):
             yield attn, proj, up, down
+
+    def lora_factors(self, n: int, proj: str, dtype: torch.dtype):
+        """(up, down) of processor ``n``'s ``proj`` LoRA for a computation in ``dtype``. Where ``dtype`` holds
+        every value of the factors exactly and is wider (float16 or bfloat16 factors, float32 arithmetic: a
+        model run on the CPU), the adapter keeps them in ``dtype`` from then on: cast once, not at every
+        call, to the same values (at twice the bytes for float16 → float32). Otherwise the factors as held."""
+        p = self.processors[n]
+        keys = (f"{proj}_lora.up", f"{proj}_lora.down")
+        if _widens_exactly(p[keys[0]].dtype, dtype):
+            for k in keys:
+                p[k] = p[k].to(dtype)
+        return p[keys[0]], p[keys[1]]
 
     def lora_bytes(self) -> int:
         """Bytes of all the LoRA factors of the file (what its LoRA costs in memory)."""
         return sum(t.numel() * t.element_size() for p in self.processors.values()
                    for k, t in p.items() if "_lora." in k)
 
-    def _lora_pairs(self, block: int):
+    def lora_pairs(self, block: int):
         """(attention, processor number, projection, up, down) of every LoRA pair of transformer block
         ``block`` that the file carries: attn1 is processor 2·block, attn2 is 2·block + 1."""
         for attn, n in (("attn1", 2 * block), ("attn2", 2 * block + 1)):
@@ -278,7 +290,7 @@ class FaceIDAdapter:
                         f"FaceID adapter {self.describe()} does not fit the model {model_name}: layer {2 * b + 1} "
                         f"{label} is {tuple(w.shape)} but the model's cross-attention {slot.name}.attn2 needs {want} "
                         f"(inner width × cross-attention width). Use the adapter made for this model family.")
-            for attn, n, proj, up, down in self._lora_pairs(b):
+            for attn, n, proj, up, down in self.lora_pairs(b):
                 shape = (int(up.shape[0]), int(down.shape[1]))
                 target = tuple(slot.weight_shapes[f"{attn}.{proj}"])
                 if shape != target:
@@ -289,27 +301,42 @@ class FaceIDAdapter:
 
 class LoraForward:
     """A projection with the FaceID LoRA added at run time: y = W x + up · (down · x), the same as the merged
-    weight (W + up · down) x at weight 1 without forming W + up · down. It holds the file's factors (no
-    copy); they are cast to the input's dtype and device per call. ``forward`` is the projection's own
-    forward (W x, bias included)."""
+    weight (W + up · down) x at weight 1 without forming W + up · down. The factors are processor ``n``'s
+    ``proj`` pair of ``adapter`` (no copy), taken through `FaceIDAdapter.lora_factors` at each call and cast
+    to the input's device and dtype where they differ. ``forward`` is the projection's own forward (W x,
+    bias included)."""
 
-    def __init__(self, forward, up: torch.Tensor, down: torch.Tensor):
-        self.forward, self.up, self.down = forward, up, down
+    def __init__(self, forward, adapter: "FaceIDAdapter", n: int, proj: str):
+        self.forward, self.adapter, self.n, self.proj = forward, adapter, n, proj
+
+    @property
+    def up(self) -> torch.Tensor:
+        return self.adapter.processors[self.n][f"{self.proj}_lora.up"]
+
+    @property
+    def down(self) -> torch.Tensor:
+        return self.adapter.processors[self.n][f"{self.proj}_lora.down"]
 
     def __call__(self, x, *args, **kwargs):
         y = self.forward(x, *args, **kwargs)
-        down = self.down.to(device=x.device, dtype=x.dtype)
-        up = self.up.to(device=x.device, dtype=x.dtype)
+        up, down = self.adapter.lora_factors(self.n, self.proj, x.dtype)
+        down, up = down.to(device=x.device, dtype=x.dtype), up.to(device=x.device, dtype=x.dtype)
         return y + F.linear(F.linear(x, down), up).to(y.dtype)
 
     def __eq__(self, other):
-        # Equal when it computes the same: the same projection and the same factor tensors (two patched clones of
-        # one model with one adapter; the host's loaded clone then serves both).
-        return (isinstance(other, LoraForward) and other.forward == self.forward and other.up is self.up
-                and other.down is self.down)
+        # Equal when it computes the same: the same projection and the same factors (two patched clones of one
+        # model with one adapter; the host's loaded clone then serves both).
+        return (isinstance(other, LoraForward) and other.forward == self.forward and other.adapter is self.adapter
+                and (other.n, other.proj) == (self.n, self.proj))
 
     def __hash__(self):
-        return hash((self.forward, id(self.up), id(self.down)))
+        return hash((self.forward, id(self.adapter), self.n, self.proj))
+
+
+def _widens_exactly(have: torch.dtype, want: torch.dtype) -> bool:
+    """Every value of ``have`` is a value of ``want``, and ``want`` is the wider type."""
+    return have != want and have in (torch.float16, torch.bfloat16, torch.float32) and (
+        want == torch.float64 or (want == torch.float32 and have != torch.float32))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -64,6 +64,38 @@ def test_the_lora_is_held_as_the_files_low_rank_factors(pack, tiny_sdxl, mode):
     assert pair[0].patches_uuid == pair[1].patches_uuid  # ComfyUI sees the same weights
 
 
+def test_a_float16_lora_is_cast_once_for_a_float32_run_to_the_same_values(pack, tiny_sdxl):
+    """A float16 file's LoRA added at run time by a model computing in float32 (the CPU): the first call casts
+    its factors once and the adapter keeps them in float32 (twice the bytes), so later calls cast nothing;
+    each call gives bit for bit what casting the float16 factors at every call gives. A bfloat16 computation
+    leaves them as they are (bfloat16 cannot hold every float16 value)."""
+    import torch.nn.functional as F
+
+    from revpers_core.faceid import LoraForward, load_faceid_adapter
+
+    ia = pack.nodes._identity_attention
+    adapter = load_faceid_adapter(str(om.adapter_path("golden")))  # its own copy: this test changes it
+    for p in adapter.processors.values():
+        for k in [k for k in p if "_lora." in k]:
+            p[k] = p[k].half()  # as the real files hold it
+    half_bytes = adapter.lora_bytes()
+    model = ia.apply_faceid(tiny_sdxl["base"], adapter, om.identity_embedding(), 1.0, lora="low-rank")
+    first, second = [p for p in model.object_patches.values() if isinstance(p, LoraForward)][:2]
+    file_up, file_down = first.up, first.down
+    x = torch.randn(3, file_down.shape[1], generator=torch.Generator().manual_seed(0))
+    want = first.forward(x) + F.linear(F.linear(x, file_down.float()), file_up.float())
+    with torch.inference_mode():
+        got = first(x)
+        held = first.up.data_ptr(), first.down.data_ptr()
+        again = first(x)
+    assert torch.equal(got, want) and torch.equal(again, want)
+    assert first.up.dtype == first.down.dtype == torch.float32 and torch.equal(first.up, file_up.float())
+    assert (first.up.data_ptr(), first.down.data_ptr()) == held  # the second call cast nothing
+    assert adapter.lora_bytes() == half_bytes + file_up.numel() * 2 + file_down.numel() * 2
+    up, down = adapter.lora_factors(second.n, second.proj, torch.bfloat16)
+    assert up is second.up and down is second.down and up.dtype == down.dtype == torch.float16
+
+
 def plain_sample(model, seed=0):
     """ComfyUI's own sampler on ``model`` (2 steps of euler, cfg 2, the oracle's latent and conditioning)."""
     import comfy.sample
