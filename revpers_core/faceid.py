@@ -306,7 +306,7 @@ class LoraForward:
     to the input's device and dtype where they differ. ``forward`` is the projection's own forward (W x,
     bias included)."""
 
-    def __init__(self, forward, adapter: "FaceIDAdapter", n: int, proj: str):
+    def __init__(self, forward, adapter: FaceIDAdapter, n: int, proj: str):
         self.forward, self.adapter, self.n, self.proj = forward, adapter, n, proj
 
     @property
