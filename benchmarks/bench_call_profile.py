@@ -1,0 +1,123 @@
+"""Where a model call's time goes: the pack's inversion and sampler against ComfyUI's own KSampler on the
+full-size SDXL stand-in (UNet in bf16, as the server benchmarks run it), in one process, on this CPU.
+
+Each configuration runs in its own process (one model in memory at a time): one untimed run, then a
+run under torch.profiler. Printed per configuration: the seconds inside the model calls (ComfyUI's
+model-function wrapper around each call), per call, and the operators that took the most time, so that
+a cost the pack adds per call shows as the difference between two tables (for example the casts,
+aten::copy_, or the LoRA's matrix products, aten::mm).
+
+* pack: Identity Conditioning, Invert (STEPS inversion calls), Anonymized Sampler (STEPS calls), one
+  face of SIZE px: 2·STEPS calls of 2 rows, with the FaceID LoRA and the identity attention;
+* core: KSampler, 2·STEPS steps of euler at cfg 2 on the same latent: 2·STEPS calls of 2 rows;
+* core_lora: the same through LoraLoaderModelOnly with the FaceID stand-in's own LoRA at strength 1.
+
+    flock /tmp/revpers-heavy.lock .venv/bin/python benchmarks/bench_call_profile.py [--steps 3]
+        [--size 64] [--configs pack,core,core_lora] [--rows 14]
+"""
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import comfy_bench as cb
+
+
+class CallTimer:
+    """ComfyUI's model-function wrapper: times each model call."""
+
+    def __init__(self):
+        self.seconds = []
+
+    def __call__(self, apply_model, args):
+        t0 = time.perf_counter()
+        out = apply_model(args["input"], args["timestep"], **args["c"])
+        self.seconds.append(time.perf_counter() - t0)
+        return out
+
+
+def prepare(config, steps, size, models):
+    """A function running `config` once, and its CallTimer."""
+    import bench_row_budget_memory as rb
+    import torch
+
+    pack, model, clip, adapter = rb.load(models)  # puts ComfyUI on the path, UNet in bf16
+    import folder_paths
+
+    import nodes as comfy_nodes  # ComfyUI's own nodes.py
+
+    node = pack.NODE_CLASS_MAPPINGS
+    generator = torch.Generator().manual_seed(0)
+    latent = {"samples": torch.randn(1, 4, size // 8, size // 8, generator=generator)}
+    embedding = torch.nn.functional.normalize(torch.randn(1, 512, generator=generator), dim=1)
+    positive = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
+    negative = node["RevPersAttributeText"]().encode(clip, "")[0]
+    timer = CallTimer()
+    if config == "pack":
+        identity = node["RevPersIdentityConditioning"]()
+        inversion_model = identity.apply(model, adapter, 1.0)[0].clone()
+        identity_model = identity.apply(model, adapter, 1.0, embedding)[0].clone()
+        for m in (inversion_model, identity_model):
+            m.set_model_unet_function_wrapper(timer)
+
+        def run():
+            record, _ = node["RevPersInvert"]().invert(inversion_model, latent, positive, negative, -10.0, steps, 0.7,
+                                                       0, 0)
+            node["RevPersAnonymizedSampler"]().sample(identity_model, positive, negative, record, -10.0, False, 1024,
+                                                      "", 0)
+        return run, timer
+    if config == "core_lora":
+        folder_paths.add_model_folder_path("loras", str(Path(models) / "loras"))
+        model = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, cb.FACEID_LORA, 1.0)[0]
+    model = model.clone()
+    model.set_model_unet_function_wrapper(timer)
+
+    def run():
+        comfy_nodes.KSampler().sample(model, 1, 2 * steps, 2.0, "euler", "normal", positive, negative, latent,
+                                      denoise=1.0)
+    return run, timer
+
+
+def child(config, steps, size, models, rows):
+    import torch
+
+    run, timer = prepare(config, steps, size, models)
+    with torch.inference_mode():
+        run()  # untimed: first-call costs (weight casts set up, caches) stay out of the figures
+        timer.seconds.clear()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            run()
+    calls = len(timer.seconds)
+    print(f"[{config}] {calls} model calls, {sum(timer.seconds):.2f} s inside them, "
+          f"{sum(timer.seconds) / calls:.3f} s per call", flush=True)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=55),
+          flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3, help="inversion steps (2x this many model calls)")
+    parser.add_argument("--size", type=int, default=64, help="face size in px")
+    parser.add_argument("--configs", default="pack,core,core_lora")
+    parser.add_argument("--rows", type=int, default=14, help="operators listed per configuration")
+    parser.add_argument("--models", default=str(cb.REPO / ".host" / "test-models"))
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.steps, args.size, args.models, args.rows)
+        return 0
+    cb.ensure_standins(Path(args.models))
+    cb.write_faceid_lora(Path(args.models))
+    print(f"machine: {cb.machine()}; {args.size} px, {2 * args.steps} model calls of 2 rows per configuration",
+          flush=True)
+    for config in args.configs.split(","):
+        done = subprocess.run([sys.executable, __file__, "--child", config, "--steps", str(args.steps), "--size",
+                               str(args.size), "--models", args.models, "--rows", str(args.rows)], check=False)
+        if done.returncode != 0:
+            return done.returncode
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
