@@ -103,11 +103,15 @@ def plan(kind, reruns):
 
 def measure(kind, args, workdir):
     memory = Memory(not args.cpu)
-    server = cb.BenchServer(cb.host_dir(args.comfyui), args.models, Path(workdir) / kind, args.server_arg,
-                            env=cb.server_env(args.server_env), gpu=not args.cpu)
-    memory.server = server
-    out = {"idle_gib": cb.gib(memory.now()), "runs": {}}
     try:
+        server = cb.BenchServer(cb.host_dir(args.comfyui), args.models, Path(workdir) / kind, args.server_arg,
+                                env=cb.server_env(args.server_env), gpu=not args.cpu)
+    except BaseException:
+        memory.close()
+        raise
+    memory.server = server
+    try:
+        out = {"idle_gib": cb.gib(memory.now()), "runs": {}}
         for seed, (label, workflow, faces, _) in enumerate(plan(kind, args.reruns)):
             memory.reset_peak()
             loads = server.log_count("Requested to load")

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -22,16 +23,16 @@ for folder in (REPO, REPO / "tests"):
         sys.path.insert(0, str(folder))
 
 SERVER_ARGS = ["--cpu", "--use-pytorch-cross-attention", "--bf16-unet", "--disable-auto-launch"]
+CHECKPOINT = "revpers-standin-sdxl.safetensors"
+PHOTO_SIZE = (240, 160)
+PHOTO_FACES = [((70, 80), 28, 11), ((170, 76), 24, 22)]  # as tests/test_workflows_headless.py
+ALIGNED_FACE = [((32, 33), 22, 5)]
 
 
 def server_args(gpu=False):
     """main.py arguments of a benchmark server: SERVER_ARGS, without --cpu when it is to run on the GPU
     (the UNet stays in bf16 there too: the stand-in's random weights overflow float16)."""
     return [a for a in SERVER_ARGS if not (gpu and a == "--cpu")]
-CHECKPOINT = "revpers-standin-sdxl.safetensors"
-PHOTO_SIZE = (240, 160)
-PHOTO_FACES = [((70, 80), 28, 11), ((170, 76), 24, 22)]  # as tests/test_workflows_headless.py
-ALIGNED_FACE = [((32, 33), 22, 5)]
 
 
 def gib(n_bytes):
@@ -155,7 +156,6 @@ class GpuMemory:
     caching allocator's reserved blocks, so it is what the card must have free, not what tensors hold."""
 
     def __init__(self, index=0, period_ms=50):
-        import subprocess
         import threading
 
         self._proc = subprocess.Popen(["nvidia-smi", f"--id={index}", "--query-gpu=memory.used",
@@ -165,6 +165,7 @@ class GpuMemory:
         self._seen = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
         if not self._seen.wait(10):
+            self.close()  # its loop would run on after this benchmark
             raise RuntimeError("nvidia-smi gave no memory reading within 10 s")
 
     def _read(self):
@@ -195,7 +196,11 @@ class GpuMemory:
 
     def close(self):
         self._proc.terminate()
-        self._proc.wait(5)
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
 
 
 def node_seconds(graph, marks, end):

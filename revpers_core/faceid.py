@@ -240,8 +240,8 @@ class FaceIDAdapter:
     def lora_layers(self, block: int):
         """(attention, projection, up, down) of every LoRA pair of transformer block ``block`` the file
         carries (attention "attn1" or "attn2", projection "to_q" … "to_out"): the low-rank factors
-        themselves, ΔW = up · down at weight 1, for the host to merge into the model's weights or to add
-        at run time (`LoraForward`)."""
+        themselves, ΔW = up · down at weight 1, for the host to merge into the model's weights (`LoraForward`,
+        which adds them at run time, takes them through `lora_factors`)."""
         for attn, _, proj, up, down in self.lora_pairs(block):
             yield attn, proj, up, down
 
@@ -258,7 +258,8 @@ class FaceIDAdapter:
         return p[keys[0]], p[keys[1]]
 
     def lora_bytes(self) -> int:
-        """Bytes of all the LoRA factors of the file (what its LoRA costs in memory)."""
+        """Bytes of all the LoRA factors as held (what the LoRA costs in memory): the file's, until
+        `lora_factors` widens a pair for a float32 computation."""
         return sum(t.numel() * t.element_size() for p in self.processors.values()
                    for k, t in p.items() if "_lora." in k)
 
