@@ -176,13 +176,18 @@ class FaceIDAdapter:
         """Let the identity projections go, to be read from ``source`` (the file this adapter was loaded
         from) when new identity tokens need them; their shapes and dtypes stay (as "meta" tensors). Every
         other tensor is copied into memory of its own where the load mapped the file (safetensors, a zip-format
-        .bin): a mapping would follow the file if it were overwritten. A pickle stream's load is its own."""
+        .bin): a mapping would follow the file if it were overwritten. A pickle stream's load is its own. The
+        LoRA factors are copied, whatever the layout, into one block of memory (`_gather_lora`)."""
         stat = os.stat(source)
         layout = _file_layout(source)
         own = (lambda t: t) if layout == "stream" else (lambda t: t.clone())
         for n, p in self.processors.items():
             for key, t in p.items():
-                p[key] = torch.empty_like(t, device="meta") if key in ("to_k_ip", "to_v_ip") else own(t)
+                if key in ("to_k_ip", "to_v_ip"):
+                    p[key] = torch.empty_like(t, device="meta")
+                elif "_lora." not in key:
+                    p[key] = own(t)
+        self._gather_lora(None)  # the LoRA factors: copied into one block of memory of their own
         self.image_proj = {k: own(t) for k, t in self.image_proj.items()}
         self.source, self._stamp, self._source_layout = source, (stat.st_size, stat.st_mtime_ns), layout
 
@@ -248,18 +253,33 @@ class FaceIDAdapter:
     def lora_factors(self, n: int, proj: str, dtype: torch.dtype):
         """(up, down) of processor ``n``'s ``proj`` LoRA for a computation in ``dtype``. Where ``dtype`` holds
         every value of the factors exactly and is wider (float16 or bfloat16 factors, float32 arithmetic: a
-        model run on the CPU), the adapter keeps them in ``dtype`` from then on: cast once, not at every
-        call, to the same values (at twice the bytes for float16 → float32). Otherwise the factors as held."""
+        model run on the CPU), the adapter converts all such factors at the first such request, into one
+        block of memory, and keeps them in ``dtype`` from then on: cast once, not at every call, to the same
+        values (at twice the bytes for float16 → float32). Otherwise the factors as held."""
         p = self.processors[n]
         keys = (f"{proj}_lora.up", f"{proj}_lora.down")
         if _widens_exactly(p[keys[0]].dtype, dtype):
-            for k in keys:
-                p[k] = p[k].to(dtype)
+            self._gather_lora(dtype)
         return p[keys[0]], p[keys[1]]
+
+    def _gather_lora(self, dtype: Optional[torch.dtype]) -> None:
+        """Copy LoRA factors into one block of memory (views of one flat tensor, in file order): with ``dtype``
+        None all of them, as held; else those ``dtype`` widens exactly, converted. The factors' old memory
+        goes when nothing else refers to it (a pass through the file mapping, or the previous block). One
+        large block is handed back to the system whole when it goes, where a few hundred factors of a few
+        hundred KiB each, widened one by one, leave holes in the process's heap (resident memory that no
+        tensor uses)."""
+        keys = [(n, k) for n, p in self.processors.items() for k, t in p.items()
+                if "_lora." in k and (dtype is None or _widens_exactly(t.dtype, dtype))]
+        if not keys:
+            return
+        tensors = [self.processors[n][k] for n, k in keys]
+        for (n, k), view in zip(keys, _one_block(tensors, dtype)):
+            self.processors[n][k] = view
 
     def lora_bytes(self) -> int:
         """Bytes of all the LoRA factors as held (what the LoRA costs in memory): the file's, until
-        `lora_factors` widens a pair for a float32 computation."""
+        `lora_factors` widens them for a float32 computation."""
         return sum(t.numel() * t.element_size() for p in self.processors.values()
                    for k, t in p.items() if "_lora." in k)
 
@@ -332,6 +352,22 @@ class LoraForward:
 
     def __hash__(self):
         return hash((self.forward, id(self.adapter), self.n, self.proj))
+
+
+def _one_block(tensors: Sequence[torch.Tensor], dtype: Optional[torch.dtype]) -> list:
+    """Copies of ``tensors`` (converted to ``dtype``, or each in its own where None; all of one dtype then)
+    as views of one flat tensor, in order."""
+    dtypes = {t.dtype for t in tensors} if dtype is None else {dtype}
+    if len(dtypes) != 1:
+        return [t.clone() for t in tensors]  # mixed dtypes (no file we know): each its own copy
+    flat = torch.empty(sum(t.numel() for t in tensors), dtype=dtypes.pop(), device=tensors[0].device)
+    views, at = [], 0
+    for t in tensors:
+        view = flat[at:at + t.numel()].view(t.shape)
+        view.copy_(t)
+        views.append(view)
+        at += t.numel()
+    return views
 
 
 def _widens_exactly(have: torch.dtype, want: torch.dtype) -> bool:

@@ -66,9 +66,9 @@ def test_the_lora_is_held_as_the_files_low_rank_factors(pack, tiny_sdxl, mode):
 
 def test_a_float16_lora_is_cast_once_for_a_float32_run_to_the_same_values(pack, tiny_sdxl):
     """A float16 file's LoRA added at run time by a model computing in float32 (the CPU): the first call casts
-    its factors once and the adapter keeps them in float32 (twice the bytes), so later calls cast nothing;
-    each call gives bit for bit what casting the float16 factors at every call gives. A bfloat16 computation
-    leaves them as they are (bfloat16 cannot hold every float16 value)."""
+    all its factors once, into one block of memory, and the adapter keeps them in float32 (twice the bytes),
+    so later calls cast nothing; each call gives bit for bit what casting the float16 factors at every call
+    gives. A bfloat16 computation leaves them as they are (bfloat16 cannot hold every float16 value)."""
     import torch.nn.functional as F
 
     from revpers_core.faceid import LoraForward, load_faceid_adapter
@@ -80,8 +80,13 @@ def test_a_float16_lora_is_cast_once_for_a_float32_run_to_the_same_values(pack, 
             p[k] = p[k].half()  # as the real files hold it
     half_bytes = adapter.lora_bytes()
     model = ia.apply_faceid(tiny_sdxl["base"], adapter, om.identity_embedding(), 1.0, lora="low-rank")
-    first, second = [p for p in model.object_patches.values() if isinstance(p, LoraForward)][:2]
-    file_up, file_down = first.up, first.down
+    forwards = [p for p in model.object_patches.values() if isinstance(p, LoraForward)]
+    first, second = forwards[:2]
+    file_factors = [(f.up, f.down) for f in forwards]
+    up, down = adapter.lora_factors(second.n, second.proj, torch.bfloat16)
+    assert up is second.up and down is second.down and up.dtype == down.dtype == torch.float16
+
+    file_up, file_down = file_factors[0]
     x = torch.randn(3, file_down.shape[1], generator=torch.Generator().manual_seed(0))
     want = first.forward(x) + F.linear(F.linear(x, file_down.float()), file_up.float())
     with torch.inference_mode():
@@ -89,11 +94,31 @@ def test_a_float16_lora_is_cast_once_for_a_float32_run_to_the_same_values(pack, 
         held = first.up.data_ptr(), first.down.data_ptr()
         again = first(x)
     assert torch.equal(got, want) and torch.equal(again, want)
-    assert first.up.dtype == first.down.dtype == torch.float32 and torch.equal(first.up, file_up.float())
     assert (first.up.data_ptr(), first.down.data_ptr()) == held  # the second call cast nothing
-    assert adapter.lora_bytes() == half_bytes + file_up.numel() * 2 + file_down.numel() * 2
-    up, down = adapter.lora_factors(second.n, second.proj, torch.bfloat16)
-    assert up is second.up and down is second.down and up.dtype == down.dtype == torch.float16
+    # every pair was widened at the first call, to the same values, into one block of memory
+    widened = [t for f in forwards for t in (f.up, f.down)]
+    assert all(t.dtype == torch.float32 for t in widened)
+    assert all(torch.equal(f.up, u.float()) and torch.equal(f.down, d.float())
+               for f, (u, d) in zip(forwards, file_factors))
+    blocks = {t.untyped_storage().data_ptr() for t in widened}
+    assert len(blocks) == 1 and widened[0].untyped_storage().nbytes() == 2 * half_bytes
+    assert adapter.lora_bytes() == 2 * half_bytes
+
+
+def test_the_loaded_lora_factors_share_one_block_of_memory():
+    """A loaded adapter holds its LoRA factors in one block of memory of its own (not the file's mapping),
+    exactly the file's bytes: freed whole when they are widened, no holes left in the heap."""
+    from revpers_core.faceid import load_faceid_adapter
+
+    adapter = load_faceid_adapter(str(om.adapter_path("golden")))
+    factors = [t for p in adapter.processors.values() for k, t in p.items() if "_lora." in k]
+    assert factors
+    storages = {t.untyped_storage().data_ptr() for t in factors}
+    assert len(storages) == 1 and factors[0].untyped_storage().nbytes() == adapter.lora_bytes()
+    from safetensors.torch import load_file
+    file = load_file(str(om.adapter_path("golden")))
+    assert all(torch.equal(t, file[f"ip_adapter.{n}.{k}.weight"]) for n, p in adapter.processors.items()
+               for k, t in p.items() if "_lora." in k)
 
 
 def plain_sample(model, seed=0):
