@@ -100,7 +100,11 @@ class BenchServer:
                               models_dir=models_dir, input_dir=workdir / "input", output_dir=workdir / "output",
                               log_path=workdir / "comfyui.log", startup_timeout=300, env=env)
         self.host.start()
-        self.client = ComfyClient(self.host.url, timeout=60)
+        try:
+            self.client = ComfyClient(self.host.url, timeout=60)
+        except BaseException:
+            self.host.stop()  # no server left running behind a benchmark that failed to start
+            raise
 
     @property
     def pid(self):
@@ -115,6 +119,11 @@ class BenchServer:
     def rss(self):
         """Resident memory of the server process now, bytes."""
         return self._status("VmRSS")
+
+    def rss_parts(self):
+        """(anonymous, file-backed) resident memory of the server now, bytes: what the process itself holds,
+        and the pages of files it maps (the checkpoint's, libraries'), which the kernel may drop and read again."""
+        return self._status("RssAnon"), self._status("RssFile")
 
     def peak(self):
         """The server process's resident high-water mark (since start or the last `reset_peak`), bytes."""
