@@ -5,7 +5,9 @@ Each configuration runs in its own process (one model in memory at a time): one 
 run under torch.profiler. Printed per configuration: the seconds inside the model calls (ComfyUI's
 model-function wrapper around each call), per call, and the operators that took the most time, so that
 a cost the pack adds per call shows as the difference between two tables (for example the casts,
-aten::copy_, or the LoRA's matrix products, aten::mm).
+aten::copy_, or the LoRA's matrix products, aten::mm). Also counted per call (the profiler's count,
+which does not vary from run to run as seconds do): the arithmetic of the matrix products and
+convolutions (GFLOP) and the number of copies; then each configuration's ratios to core.
 
 * pack: Identity Conditioning, Invert (STEPS inversion calls), Anonymized Sampler (STEPS calls), one
   face of SIZE px: 2·STEPS calls of 2 rows, with the FaceID LoRA and the identity attention;
@@ -13,9 +15,10 @@ aten::copy_, or the LoRA's matrix products, aten::mm).
 * core_lora: the same through LoraLoaderModelOnly with the FaceID stand-in's own LoRA at strength 1.
 
     flock /tmp/revpers-heavy.lock .venv/bin/python benchmarks/bench_call_profile.py [--steps 3]
-        [--size 64] [--configs pack,core,core_lora] [--rows 14]
+        [--size 64] [--configs pack,core,core_lora] [--rows 14] [--json out.json]
 """
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -86,13 +89,21 @@ def child(config, steps, size, models, rows):
     with torch.inference_mode():
         run()  # untimed: first-call costs (weight casts set up, caches) stay out of the figures
         timer.seconds.clear()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as prof:
             run()
     calls = len(timer.seconds)
+    table = prof.key_averages()
+    flops = {e.key: e.flops / calls for e in table if e.flops}
+    figures = {"calls": calls, "seconds_per_call": round(sum(timer.seconds) / calls, 3),
+               "gflop_per_call": round(sum(flops.values()) / 1e9, 3),
+               "gflop_per_call_by_operator": {k: round(v / 1e9, 3) for k, v in sorted(flops.items())},
+               "operator_calls_per_call": {e.key: e.count // calls for e in table
+                                           if e.key in ("aten::mm", "aten::addmm", "aten::copy_")}}
     print(f"[{config}] {calls} model calls, {sum(timer.seconds):.2f} s inside them, "
-          f"{sum(timer.seconds) / calls:.3f} s per call", flush=True)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=55),
-          flush=True)
+          f"{figures['seconds_per_call']} s per call; {figures['gflop_per_call']} GFLOP per call counted by the "
+          f"profiler ({', '.join(f'{k} {v}' for k, v in figures['gflop_per_call_by_operator'].items())})", flush=True)
+    print(table.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=55), flush=True)
+    print(f"FIGURES {json.dumps(figures)}", flush=True)
 
 
 def main(argv=None):
@@ -102,6 +113,7 @@ def main(argv=None):
     parser.add_argument("--configs", default="pack,core,core_lora")
     parser.add_argument("--rows", type=int, default=14, help="operators listed per configuration")
     parser.add_argument("--models", default=str(cb.REPO / ".host" / "test-models"))
+    parser.add_argument("--json", default=None, help="write the figures to this file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -111,11 +123,26 @@ def main(argv=None):
     cb.write_faceid_lora(Path(args.models))
     print(f"machine: {cb.machine()}; {args.size} px, {2 * args.steps} model calls of 2 rows per configuration",
           flush=True)
+    figures = {}
     for config in args.configs.split(","):
         done = subprocess.run([sys.executable, __file__, "--child", config, "--steps", str(args.steps), "--size",
-                               str(args.size), "--models", args.models, "--rows", str(args.rows)], check=False)
+                               str(args.size), "--models", args.models, "--rows", str(args.rows)], check=False,
+                              stdout=subprocess.PIPE, text=True)
+        print(done.stdout, end="", flush=True)
         if done.returncode != 0:
             return done.returncode
+        figures[config] = json.loads(done.stdout.split("FIGURES ", 1)[1].splitlines()[0])
+    if "core" in figures:
+        core = figures["core"]
+        for config, fig in figures.items():
+            if config != "core":
+                print(f"{config} / core: arithmetic {fig['gflop_per_call'] / core['gflop_per_call']:.3f}x "
+                      f"({fig['gflop_per_call']} / {core['gflop_per_call']} GFLOP per call), seconds "
+                      f"{fig['seconds_per_call'] / core['seconds_per_call']:.3f}x, copies "
+                      f"{fig['operator_calls_per_call'].get('aten::copy_', 0)} / "
+                      f"{core['operator_calls_per_call'].get('aten::copy_', 0)} per call", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0
 
 
