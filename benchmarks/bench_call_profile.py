@@ -5,9 +5,10 @@ Each configuration runs in its own process (one model in memory at a time): one 
 run under torch.profiler. Printed per configuration: the seconds inside the model calls (ComfyUI's
 model-function wrapper around each call), per call, and the operators that took the most time, so that
 a cost the pack adds per call shows as the difference between two tables (for example the casts,
-aten::copy_, or the LoRA's matrix products, aten::mm). Also counted per call (the profiler's count,
-which does not vary from run to run as seconds do): the arithmetic of the matrix products and
-convolutions (GFLOP) and the number of copies; then each configuration's ratios to core.
+aten::copy_, or the LoRA's matrix products, aten::mm). Also counted per call (counts do not vary from
+run to run as seconds do): the arithmetic (GFLOP of matrix products, convolutions and attention, by
+torch's FLOP counter, in a third run) and the number of copies (the profiler's); then each
+configuration's ratios to core.
 
 * pack: Identity Conditioning, Invert (STEPS inversion calls), Anonymized Sampler (STEPS calls), one
   face of SIZE px: 2·STEPS calls of 2 rows, with the FaceID LoRA and the identity attention;
@@ -84,24 +85,30 @@ def prepare(config, steps, size, models):
 
 def child(config, steps, size, models, rows):
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     run, timer = prepare(config, steps, size, models)
     with torch.inference_mode():
         run()  # untimed: first-call costs (weight casts set up, caches) stay out of the figures
         timer.seconds.clear()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as prof:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             run()
-    calls = len(timer.seconds)
+        calls, seconds = len(timer.seconds), sum(timer.seconds)
+        # The arithmetic, counted in a run of its own (the profiler's own flop count keeps every op's inputs
+        # and runs out of memory on the full-size model): torch's FLOP counter, per operator.
+        counter = FlopCounterMode(display=False)
+        with counter:
+            run()
     table = prof.key_averages()
-    flops = {e.key: e.flops / calls for e in table if e.flops}
-    figures = {"calls": calls, "seconds_per_call": round(sum(timer.seconds) / calls, 3),
+    flops = {str(op): n / calls for op, n in counter.get_flop_counts()["Global"].items() if n}
+    figures = {"calls": calls, "seconds_per_call": round(seconds / calls, 3),
                "gflop_per_call": round(sum(flops.values()) / 1e9, 3),
                "gflop_per_call_by_operator": {k: round(v / 1e9, 3) for k, v in sorted(flops.items())},
                "operator_calls_per_call": {e.key: e.count // calls for e in table
                                            if e.key in ("aten::mm", "aten::addmm", "aten::copy_")}}
-    print(f"[{config}] {calls} model calls, {sum(timer.seconds):.2f} s inside them, "
-          f"{figures['seconds_per_call']} s per call; {figures['gflop_per_call']} GFLOP per call counted by the "
-          f"profiler ({', '.join(f'{k} {v}' for k, v in figures['gflop_per_call_by_operator'].items())})", flush=True)
+    print(f"[{config}] {calls} model calls, {seconds:.2f} s inside them, "
+          f"{figures['seconds_per_call']} s per call; {figures['gflop_per_call']} GFLOP per call counted by "
+          f"torch's FLOP counter ({', '.join(f'{k} {v}' for k, v in figures['gflop_per_call_by_operator'].items())})", flush=True)
     print(table.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=55), flush=True)
     print(f"FIGURES {json.dumps(figures)}", flush=True)
 
