@@ -17,7 +17,8 @@ same FaceID weights; they differ only in their model options (the identity routi
 guidance). A run takes the clone ComfyUI already has loaded when its weights and object patches are
 the run's model's (ComfyUI's own `clone_has_same_weights`), with the run's model options for the
 duration of the run, so that the second run of a prompt, and every warm re-run, loads and patches
-nothing.
+nothing. While a run lasts, the LoRA's products of the text context (the same at every step) are formed
+once (revpers_core.faceid.ContextProducts).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import comfy.samplers
 
 from revpers_core import row_budget, solver
 from revpers_core.conditioning import guided_rows
+from revpers_core.faceid import LoraForward
 
 from ._identity_attention import identity_of
 from ._schedule import model_schedule, step_sigmas
@@ -135,8 +137,18 @@ def _on_loaded_unet(model):
         twin.model_options = own
 
 
+def _keeping_context_products(unet) -> contextlib.ExitStack:
+    """While the run lasts, the FaceID LoRA's products of the text context are formed once and kept
+    (revpers_core.faceid.ContextProducts), for every adapter whose LoRA the UNet adds at run time."""
+    adapters = {id(p.adapter): p.adapter for p in unet.object_patches.values() if isinstance(p, LoraForward)}
+    stack = contextlib.ExitStack()
+    for adapter in adapters.values():
+        stack.enter_context(adapter.context_products.kept())
+    return stack
+
+
 def _sample_chunk(model, run: _SolverRun, latent, guidance, sigmas, positive, negative, seed) -> torch.Tensor:
-    with _on_loaded_unet(model) as unet:
+    with _on_loaded_unet(model) as unet, _keeping_context_products(unet):
         return comfy.sample.sample_custom(unet, torch.zeros_like(latent), float(guidance), run.sampler(), sigmas,
                                           positive, negative, latent, disable_pbar=True, seed=int(seed))
 

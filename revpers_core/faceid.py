@@ -37,12 +37,15 @@ __all__ = [
     "load_faceid_adapter",
     "faceid_adapter_from_state_dict",
     "LoraForward",
+    "ContextProducts",
 ]
 
 IMAGE_PROJ_KEYS = ("proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias", "norm.weight", "norm.bias")
 LORA_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out")
 _IP_KEY = re.compile(r"^(\d+)\.(to_k_ip|to_v_ip|to_(?:q|k|v|out)_lora\.(?:down|up))\.weight$")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+CONTEXT_PRODUCT_BYTES = 256 << 20  # what the LoRA's products of the text context may hold while a run lasts
+CONTEXT_ENTRIES = 4  # distinct text contexts whose products a run keeps at once
 IDENTITY_READ_BLOCKS = 8  # transformer blocks whose identity projections are read from the file at a time
 WHERE_TO_GET = ("get ip-adapter-faceid_sdxl.bin (SDXL) or ip-adapter-faceid_sd15.bin (SD1.5) from "
                 "https://huggingface.co/h94/IP-Adapter-FaceID and put it in models/ipadapter")
@@ -90,6 +93,11 @@ class FaceIDAdapter:
     source: Optional[str] = None  # the file the identity projections are read from again, once released
     _stamp: Optional[Tuple[int, int]] = None  # that file's (size, mtime_ns) when it was loaded
     _source_layout: str = ""  # how that file can be read in part: "safetensors", "zip" or "stream" (not at all)
+    context_products: "ContextProducts" = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.context_products is None:
+            self.context_products = ContextProducts(self.context_widths)
 
     # -- shapes -------------------------------------------------------------------------------
     @property
@@ -277,6 +285,16 @@ class FaceIDAdapter:
         for (n, k), view in zip(keys, _one_block(tensors, dtype)):
             self.processors[n][k] = view
 
+    def reads_context(self, n: int, proj: str) -> bool:
+        """Whether processor ``n``'s ``proj`` projection takes the text context: the keys and values of a
+        cross-attention (odd n), whose input is the same at every step of a run."""
+        return n % 2 == 1 and proj in ("to_k", "to_v")
+
+    def context_widths(self) -> Dict[Tuple[int, str], int]:
+        """(processor, projection) → output width of every LoRA pair that takes the text context."""
+        return {(n, proj): int(p[f"{proj}_lora.up"].shape[0]) for n, p in sorted(self.processors.items())
+                for proj in LORA_PROJECTIONS if f"{proj}_lora.up" in p and self.reads_context(n, proj)}
+
     def lora_bytes(self) -> int:
         """Bytes of all the LoRA factors as held (what the LoRA costs in memory): the file's, until
         `lora_factors` widens them for a float32 computation."""
@@ -325,10 +343,13 @@ class LoraForward:
     weight (W + up · down) x at weight 1 without forming W + up · down. The factors are processor ``n``'s
     ``proj`` pair of ``adapter`` (no copy), taken through `FaceIDAdapter.lora_factors` at each call and cast
     to the input's device and dtype where they differ. ``forward`` is the projection's own forward (W x,
-    bias included)."""
+    bias included). A cross-attention's keys and values take the text context, the same at every step: while
+    a run keeps them (`ContextProducts.kept`), their products up · (down · c) are formed once per distinct
+    context and reused, bit for bit what each call would form."""
 
     def __init__(self, forward, adapter: FaceIDAdapter, n: int, proj: str):
         self.forward, self.adapter, self.n, self.proj = forward, adapter, n, proj
+        self.reads_context = adapter.reads_context(n, proj)
 
     @property
     def up(self) -> torch.Tensor:
@@ -340,9 +361,17 @@ class LoraForward:
 
     def __call__(self, x, *args, **kwargs):
         y = self.forward(x, *args, **kwargs)
+        if self.reads_context:
+            delta = self.adapter.context_products.product((self.n, self.proj), x, self.product)
+        else:
+            delta = self.product(x)
+        return y + delta.to(y.dtype)
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """The LoRA's part of the projection of ``x``: up · (down · x), in ``x``'s dtype and on its device."""
         up, down = self.adapter.lora_factors(self.n, self.proj, x.dtype)
         down, up = down.to(device=x.device, dtype=x.dtype), up.to(device=x.device, dtype=x.dtype)
-        return y + F.linear(F.linear(x, down), up).to(y.dtype)
+        return F.linear(F.linear(x, down), up)
 
     def __eq__(self, other):
         # Equal when it computes the same: the same projection and the same factors (two patched clones of one
@@ -352,6 +381,116 @@ class LoraForward:
 
     def __hash__(self):
         return hash((self.forward, id(self.adapter), self.n, self.proj))
+
+
+class _Context:
+    """One distinct text context of a run: its distinct rows and the LoRA's products of them, all in one
+    block of memory (one allocation, handed back whole when the run ends)."""
+
+    def __init__(self, rows: torch.Tensor, widths: Dict[Tuple[int, str], int]):
+        u, length = rows.shape[:2]
+        self.rows = rows  # [u, L, D]: the context's distinct rows, in the order they first appear
+        self.block = torch.empty(u * length * sum(widths.values()), dtype=rows.dtype, device=rows.device)
+        self.products: Dict[Tuple[int, str], torch.Tensor] = {}
+        self.views, at = {}, 0
+        for key, width in widths.items():
+            self.views[key] = self.block[at:at + u * length * width].view(u, length, width)
+            at += u * length * width
+
+    @property
+    def nbytes(self) -> int:
+        return (self.rows.numel() + self.block.numel()) * self.rows.element_size()
+
+
+class ContextProducts:
+    """The LoRA's products of the text context, kept while a run lasts.
+
+    A cross-attention's key and value projections take the text context c (the prompt's tokens, one row per
+    latent), which is the same at every step of a run; the LoRA's part of them, up · (down · c), is then the
+    same too. Within `kept` (one run of the sampler over one chunk of faces) each distinct context's product
+    is formed at its first call and reused at the later ones, without their arithmetic: the same products of
+    the same rows, equal bit for bit to forming them at every call (tests/test_model_patches.py). Rows are
+    told apart by value, so the products of the rows that repeat (every face with the same prompt) are formed
+    and held once; a context is told apart by value too, except that the very tensor seen last is taken as
+    unchanged (a model call does not write into its conditioning). What is kept is bounded: at most
+    ``max_bytes`` (rows and products; a context that would not fit is not kept, its products formed at every
+    call as without this) and `CONTEXT_ENTRIES` contexts, the least recently used dropped first; all of it
+    goes when the run ends (for SDXL: about 100 MiB for two distinct rows, a prompt and its negative).
+    Outside `kept` nothing is kept."""
+
+    def __init__(self, widths: Callable[[], Dict[Tuple[int, str], int]], max_bytes: int = CONTEXT_PRODUCT_BYTES):
+        self._widths_of, self.max_bytes = widths, max_bytes
+        self.formed = 0  # products formed (each of one projection for one context's distinct rows, or per call)
+        self._depth = 0
+        self._entries: list = []  # _Context, most recently used last
+        self._last = None  # (the context tensor seen last, its _Context, the index of its rows)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now."""
+        return sum(e.nbytes for e in self._entries)
+
+    @contextlib.contextmanager
+    def kept(self):
+        """Keep products while this lasts (nested: until the outermost ends); then let all of them go."""
+        self._depth += 1
+        try:
+            yield self
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self.clear()
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._last = None
+
+    def product(self, key: Tuple[int, str], x: torch.Tensor, form: Callable[[torch.Tensor], torch.Tensor]):
+        """``form(x)`` (the LoRA's product for projection ``key``), kept for ``x``'s context while a run lasts."""
+        found = self._context(x) if self._depth and x.ndim == 3 else None
+        if found is None:
+            self.formed += 1
+            return form(x)
+        entry, index = found
+        product = entry.products.get(key)
+        if product is None:
+            product = entry.views[key]
+            product.copy_(form(entry.rows))
+            entry.products[key] = product
+            self.formed += 1
+        return product if index is None else product.index_select(0, index)
+
+    def _context(self, x: torch.Tensor):
+        """(the kept _Context of ``x``, the index of its rows there or None where they are its rows in order),
+        or None where ``x``'s context is not kept and will not fit."""
+        if self._last is not None and self._last[0] is x:
+            return self._last[1:]
+        distinct: list = []
+        order = []
+        for row in x:
+            at = next((i for i, d in enumerate(distinct) if torch.equal(row, d)), None)
+            if at is None:
+                at = len(distinct)
+                distinct.append(row)
+            order.append(at)
+        index = None if order == list(range(len(x))) else torch.tensor(order, device=x.device)
+        entry = next((e for e in self._entries if e.rows.shape[0] == len(distinct) and e.rows.dtype == x.dtype
+                      and e.rows.device == x.device and all(torch.equal(r, d) for r, d in zip(e.rows, distinct))),
+                     None)
+        if entry is not None:
+            self._entries.remove(entry)
+        else:
+            widths = self._widths_of()
+            need = len(distinct) * x.shape[1] * (x.shape[2] + sum(widths.values())) * x.element_size()
+            if need > self.max_bytes:
+                self._last = None
+                return None
+            while self._entries and (len(self._entries) >= CONTEXT_ENTRIES or self.nbytes + need > self.max_bytes):
+                self._entries.pop(0)
+            entry = _Context(torch.stack(distinct), widths)
+        self._entries.append(entry)
+        self._last = (x, entry, index)
+        return entry, index
 
 
 def _one_block(tensors: Sequence[torch.Tensor], dtype: Optional[torch.dtype]) -> list:

@@ -121,6 +121,55 @@ def test_the_loaded_lora_factors_share_one_block_of_memory():
                for k, t in p.items() if "_lora." in k)
 
 
+def test_the_loras_products_of_the_text_context_are_formed_once_per_run_bit_for_bit():
+    """A cross-attention's key and value projections take the text context, the same at every step: while a
+    run keeps them, the LoRA's product of a context is formed at its first call only, for a copy of it too
+    (told apart by value) and for a batch repeating its rows (a chunk of faces with one prompt); each call
+    gives bit for bit what forming it at that call gives. Another context is formed anew; what is kept is
+    bounded (bytes, contexts) and goes when the run ends; projections of the image (queries, self-attention)
+    and calls outside a run keep nothing."""
+    import torch.nn.functional as F
+
+    from revpers_core import faceid
+    from revpers_core.faceid import LoraForward, load_faceid_adapter
+
+    adapter = load_faceid_adapter(str(om.adapter_path("golden")))
+    n = next(n for n, p in adapter.processors.items() if n % 2 == 1 and "to_k_lora.up" in p)
+    width, dim = adapter.processors[n]["to_k_lora.up"].shape[0], adapter.processors[n]["to_k_lora.down"].shape[1]
+    g = torch.Generator().manual_seed(0)
+    projection = torch.nn.Linear(dim, width)
+    keys = LoraForward(projection.forward, adapter, n, "to_k")
+    queries = LoraForward(projection.forward, adapter, n, "to_q")
+    assert keys.reads_context and not queries.reads_context
+    a, b, c = (torch.randn(1, 7, dim, generator=g) for _ in range(3))
+    context, chunk, other = torch.cat([a, b]), torch.cat([a, a, b, b]), torch.cat([c, b])
+
+    def fresh(f, x):  # what the call forms without anything kept
+        return f.forward(x) + F.linear(F.linear(x, f.down.float()), f.up.float())
+
+    store = adapter.context_products
+    with torch.inference_mode():
+        for _ in range(2):  # outside a run: formed at every call, nothing kept
+            assert torch.equal(keys(context), fresh(keys, context))
+        assert store.formed == 2 and store.nbytes == 0
+        with store.kept():
+            for x, formed in ((context, 3), (context, 3), (context.clone(), 3), (chunk, 3), (other, 4),
+                              (context, 4)):
+                assert torch.equal(keys(x), fresh(keys, x)) and store.formed == formed
+            assert torch.equal(queries(context), fresh(queries, context)) and store.formed == 4  # not kept
+            held = store.nbytes
+            assert 0 < held <= faceid.CONTEXT_PRODUCT_BYTES
+            for i in range(faceid.CONTEXT_ENTRIES + 2):  # more contexts than a run keeps: the oldest go
+                keys(torch.randn(2, 7, dim, generator=g))
+            assert len(store._entries) == faceid.CONTEXT_ENTRIES
+        assert store.nbytes == 0 and store._last is None  # the run ended: all of it went
+        store.max_bytes, formed = 1, store.formed  # a context that does not fit: formed at every call
+        with store.kept():
+            for _ in range(2):
+                assert torch.equal(keys(context), fresh(keys, context))
+            assert store.formed == formed + 2 and store.nbytes == 0
+
+
 def plain_sample(model, seed=0):
     """ComfyUI's own sampler on ``model`` (2 steps of euler, cfg 2, the oracle's latent and conditioning)."""
     import comfy.sample
@@ -217,6 +266,33 @@ def test_one_unet_for_both_runs_and_a_warm_rerun_loads_and_patches_nothing(pack,
     assert torch.equal(first, again) and not torch.equal(first, rerun)
     assert len(host_events.loads) == first_loads and len(host_events.patched) == first_patched
     print(f"\n[loads] first prompt: {first_loads} load event(s), {first_patched} weights patched; two re-runs: none")
+
+
+def test_a_run_forms_the_loras_products_of_its_text_context_once(pack, tiny_sdxl):
+    """Through the aligned-face prompt (the inversion, then the anonymized sampler, each one call per step with
+    both branches), the LoRA's products of the text context are formed once per run and projection, not at
+    every call; the result is bit for bit what forming them at every call gives, and nothing is kept once
+    the prompt is done."""
+    from revpers_core import faceid
+
+    models = {"inversion": tiny_sdxl["inversion"], "identity": tiny_sdxl["identity"]}
+    adapter = tiny_sdxl["adapter"]
+    store, projections = adapter.context_products, len(adapter.context_widths())
+    calls = []
+    with torch.inference_mode():
+        for max_bytes in (faceid.CONTEXT_PRODUCT_BYTES, 0):  # kept; then too little room: formed at every call
+            store.max_bytes, before = max_bytes, store.formed
+            try:
+                calls.append((prompt(pack, models, 0), store.formed - before))
+            finally:
+                store.max_bytes = faceid.CONTEXT_PRODUCT_BYTES
+            assert store.nbytes == 0
+    (kept, formed), (every, formed_every) = calls
+    print(f"\n[context products] {projections} projections take the text context: formed {formed} times in a "
+          f"prompt while kept, {formed_every} times formed at every call")
+    assert torch.equal(kept, every)
+    assert formed == 2 * projections  # two runs, one context each
+    assert formed_every > formed and formed_every % projections == 0
 
 
 def test_identity_attention_keeps_only_projected_keys_and_values(pack, tiny_sdxl):
