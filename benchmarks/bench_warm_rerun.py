@@ -15,12 +15,14 @@ the same workflow with another seed: switching workflows (putting the pack's Fac
 or restoring ComfyUI's LoRA weights) and the first round's checkpoint load happen there, so a timed run
 is a warm re-run: the diffusion and what follows it run again; ComfyUI's cache keeps the loaders, text
 encodings, adapter and embeddings. Printed: the seconds of every timed run, the medians, pack/core and
-pack/(core + LoRA), each round's own ratios; also how often the server logged "Requested to load" (a
-model load or switch) during each workflow's timed runs, the server's resident memory after each timed
-run, and the median seconds of each node.
+pack/(core + LoRA), each round's own ratios and their median (a round's runs follow each other within
+minutes, so its ratio is the least touched by this machine's drift); also how often the server logged
+"Requested to load" (a model load or switch) during each workflow's timed runs, the server's resident
+memory after each timed run, and the median seconds of each node. ``--configs pack,core`` leaves core +
+LoRA out (more rounds in the same time).
 
     flock /tmp/revpers-heavy.lock .venv/bin/python benchmarks/bench_warm_rerun.py [--steps 10] [--runs 3]
-        [--size 64] [--comfyui DIR] [--models DIR] [--json out.json]
+        [--size 64] [--configs pack,core_lora,core] [--comfyui DIR] [--models DIR] [--json out.json]
 """
 import argparse
 import json
@@ -57,7 +59,12 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10, help="inversion steps (2x this many UNet calls)")
     parser.add_argument("--runs", type=int, default=3, help="interleaved rounds: timed warm re-runs per workflow")
     parser.add_argument("--size", type=int, default=64, help="face picture size in px")
+    parser.add_argument("--configs", default="pack,core_lora,core",
+                        help="workflows timed, in this order within a round (pack and core are needed)")
     args, header = cb.parse_server_benchmark(parser, argv)
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if not {"pack", "core"} <= set(configs) or not set(configs) <= {"pack", "core_lora", "core"}:
+        parser.error(f"--configs must name pack and core, and may name core_lora (got {args.configs!r})")
     print(f"{header}; {args.size} px, {2 * args.steps} UNet "
           f"calls of 2 rows per run, {args.runs} timed warm re-runs each", flush=True)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="revpers-bench-warm-"))
@@ -65,28 +72,30 @@ def main(argv=None):
     try:
         face = cb.marker_picture(args.size, args.size, cb.ALIGNED_FACE, seed=1)
         name = server.upload(face, "aligned")
-        graphs = {
+        every = {
             "pack": lambda seed: cb.pack_graph("anonymize_aligned_face", name, args.steps, seed=seed),
             "core_lora": lambda seed: cb.core_graph([name], 2 * args.steps, seed=seed, lora=cb.FACEID_LORA),
             "core": lambda seed: cb.core_graph([name], 2 * args.steps, seed=seed),
         }
-        timed = interleaved(server, graphs, args.runs)
+        timed = interleaved(server, {c: every[c] for c in configs}, args.runs)
         for label, key in (("pack", "pack"), ("core + LoRA", "core_lora"), ("core", "core")):
-            print(f"[{label}] {json.dumps(timed[key])}", flush=True)
+            if key in timed:
+                print(f"[{label}] {json.dumps(timed[key])}", flush=True)
     finally:
         server.close()
-    pack, lora, core = timed["pack"], timed["core_lora"], timed["core"]
-    figures = {"pack": pack, "core_lora": lora, "core": core,
-               "ratio_pack_over_core": round(pack["median_s"] / core["median_s"], 3),
-               "ratio_pack_over_core_lora": round(pack["median_s"] / lora["median_s"], 3),
-               "round_ratios_pack_over_core": [round(p / c, 3) for p, c in zip(pack["seconds"], core["seconds"])],
-               "round_ratios_pack_over_core_lora": [round(p / c, 3) for p, c in
-                                                    zip(pack["seconds"], lora["seconds"])]}
-    print(f"warm re-run, median: pack {pack['median_s']} s, core + LoRA {lora['median_s']} s, core {core['median_s']} "
-          f"s; pack/core {figures['ratio_pack_over_core']} (rounds {figures['round_ratios_pack_over_core']}), "
-          f"pack/(core + LoRA) {figures['ratio_pack_over_core_lora']} "
-          f"(rounds {figures['round_ratios_pack_over_core_lora']})",
-          flush=True)
+    pack, core = timed["pack"], timed["core"]
+    figures = dict(timed)
+    line = f"warm re-run, median: pack {pack['median_s']} s, core {core['median_s']} s"
+    for key, label in (("core", "core"), ("core_lora", "(core + LoRA)")):
+        if key in timed:
+            other = timed[key]
+            figures[f"ratio_pack_over_{key}"] = round(pack["median_s"] / other["median_s"], 3)
+            rounds = [round(p / c, 3) for p, c in zip(pack["seconds"], other["seconds"])]
+            figures[f"round_ratios_pack_over_{key}"] = rounds
+            figures[f"median_round_ratio_pack_over_{key}"] = cb.median(rounds)
+            line += (f"; pack/{label} {figures[f'ratio_pack_over_{key}']} (rounds {rounds}, their median "
+                     f"{figures[f'median_round_ratio_pack_over_{key}']})")
+    print(line, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0
