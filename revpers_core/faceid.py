@@ -463,8 +463,8 @@ class ContextProducts:
     def _context(self, x: torch.Tensor):
         """(the kept _Context of ``x``, the index of its rows there or None where they are its rows in order),
         or None where ``x``'s context is not kept and will not fit."""
-        if self._last is not None and self._last[0] is x:
-            return self._last[1:]
+        if self._last is not None and self._last[0] is x:  # the other layers of the same call
+            return None if self._last[1] is None else self._last[1:]
         distinct: list = []
         order = []
         for row in x:
@@ -483,7 +483,7 @@ class ContextProducts:
             widths = self._widths_of()
             need = len(distinct) * x.shape[1] * (x.shape[2] + sum(widths.values())) * x.element_size()
             if need > self.max_bytes:
-                self._last = None
+                self._last = (x, None, None)  # told once per call, not at every layer
                 return None
             while self._entries and (len(self._entries) >= CONTEXT_ENTRIES or self.nbytes + need > self.max_bytes):
                 self._entries.pop(0)
@@ -494,8 +494,8 @@ class ContextProducts:
 
 
 def _one_block(tensors: Sequence[torch.Tensor], dtype: Optional[torch.dtype]) -> list:
-    """Copies of ``tensors`` (converted to ``dtype``, or each in its own where None; all of one dtype then)
-    as views of one flat tensor, in order."""
+    """Copies of ``tensors``, in order, as views of one flat tensor: converted to ``dtype``, or, where
+    ``dtype`` is None, in the dtype they share (tensors of mixed dtypes are copied one by one instead)."""
     dtypes = {t.dtype for t in tensors} if dtype is None else {dtype}
     if len(dtypes) != 1:
         return [t.clone() for t in tensors]  # mixed dtypes (no file we know): each its own copy

@@ -168,6 +168,7 @@ def test_the_loras_products_of_the_text_context_are_formed_once_per_run_bit_for_
             for _ in range(2):
                 assert torch.equal(keys(context), fresh(keys, context))
             assert store.formed == formed + 2 and store.nbytes == 0
+            assert store._last[0] is context and store._last[1] is None  # told once per call, not per layer
 
 
 def plain_sample(model, seed=0):
