@@ -6,8 +6,8 @@ stand-in with the pack's loader; one warm-up run (1 face) loads and patches the 
 configuration the process's resident high-water mark is reset (/proc/self/clear_refs) and the faces
 are inverted and sampled (STEPS steps each, SIZE px crops as latents, random identities); printed is
 the peak resident memory above the resident memory before the run, and the model calls made. Before each
-configuration the C library is asked to give freed heap memory back (malloc_trim), so that what an
-earlier configuration freed does not absorb the next one's peak. With
+configuration the C library is asked to give freed heap memory back (revpers_core.heap, as each run does
+at its end), so that what an earlier configuration freed does not absorb the next one's peak. With
 `--max-rows` R, faces go in chunks of R/2 (both branches of a face per row pair): the peak should stop
 growing once the faces fill one chunk. The last configuration, all faces in one call (max_rows large
 enough), shows what the budget saves.
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import comfy_bench as cb
+from revpers_core import heap
 
 
 def load(models_dir):
@@ -78,18 +79,6 @@ def run(pack, model, clip, adapter, faces, size, steps, max_rows):
     return calls
 
 
-def give_back_freed_memory():
-    """Have glibc return the heap memory freed by earlier runs to the system (malloc_trim), so that the resident
-    memory before a configuration is what is still in use, and memory an earlier run freed but the allocator
-    kept does not hide the next run's peak. No-op where the C library has no malloc_trim."""
-    import ctypes
-    import ctypes.util
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    if hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
 def rss_status(field):
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -122,7 +111,7 @@ def main(argv=None):
             configs.append((max(counts), 2 * max(counts)))
         figures = []
         for faces, max_rows in configs:
-            give_back_freed_memory()
+            heap.release_free_heap()
             before = rss_status("VmRSS")
             Path("/proc/self/clear_refs").write_text("5")
             t0 = time.monotonic()

@@ -32,7 +32,7 @@ import comfy.model_management
 import comfy.sample
 import comfy.samplers
 
-from revpers_core import row_budget, solver
+from revpers_core import heap, row_budget, solver
 from revpers_core.conditioning import guided_rows
 from revpers_core.faceid import LoraForward
 
@@ -148,9 +148,13 @@ def _keeping_context_products(unet) -> contextlib.ExitStack:
 
 
 def _sample_chunk(model, run: _SolverRun, latent, guidance, sigmas, positive, negative, seed) -> torch.Tensor:
-    with _on_loaded_unet(model) as unet, _keeping_context_products(unet):
-        return comfy.sample.sample_custom(unet, torch.zeros_like(latent), float(guidance), run.sampler(), sigmas,
-                                          positive, negative, latent, disable_pbar=True, seed=int(seed))
+    try:
+        with _on_loaded_unet(model) as unet, _keeping_context_products(unet):
+            return comfy.sample.sample_custom(unet, torch.zeros_like(latent), float(guidance), run.sampler(), sigmas,
+                                              positive, negative, latent, disable_pbar=True, seed=int(seed))
+    finally:
+        # the run's temporaries are freed; what of them the C heap still holds goes back to the system
+        heap.release_free_heap()
 
 
 # ---------------------------------------------------------------------------------------------
