@@ -263,27 +263,39 @@ class FaceIDAdapter:
         every value of the factors exactly and is wider (float16 or bfloat16 factors, float32 arithmetic: a
         model run on the CPU), the adapter converts all such factors at the first such request, into one
         block of memory, and keeps them in ``dtype`` from then on: cast once, not at every call, to the same
-        values (at twice the bytes for float16 → float32). Otherwise the factors as held."""
+        values (at twice the bytes for float16 → float32). The factors of the projections that take the text
+        context (`reads_context`, about 30 % of an SDXL LoRA's bytes) stay as held: a run forms their products
+        once (`ContextProducts`), so they are cast at that one call, and held wide they would cost memory for
+        the whole life of the server to save one cast per run. Otherwise the factors as held."""
         p = self.processors[n]
         keys = (f"{proj}_lora.up", f"{proj}_lora.down")
-        if _widens_exactly(p[keys[0]].dtype, dtype):
+        if not self.reads_context(n, proj) and _widens_exactly(p[keys[0]].dtype, dtype):
             self._gather_lora(dtype)
         return p[keys[0]], p[keys[1]]
 
     def _gather_lora(self, dtype: Optional[torch.dtype]) -> None:
         """Copy LoRA factors into one block of memory (views of one flat tensor, in file order): with ``dtype``
-        None all of them, as held; else those ``dtype`` widens exactly, converted. The factors' old memory
-        goes when nothing else refers to it (a pass through the file mapping, or the previous block). One
-        large block is handed back to the system whole when it goes, where a few hundred factors of a few
-        hundred KiB each, widened one by one, leave holes in the process's heap (resident memory that no
-        tensor uses)."""
-        keys = [(n, k) for n, p in self.processors.items() for k, t in p.items()
-                if "_lora." in k and (dtype is None or _widens_exactly(t.dtype, dtype))]
-        if not keys:
-            return
-        tensors = [self.processors[n][k] for n, k in keys]
-        for (n, k), view in zip(keys, _one_block(tensors, dtype)):
-            self.processors[n][k] = view
+        None all of them, as held. Else those ``dtype`` widens exactly, converted, except the factors of the
+        projections that take the text context; those, and any others, are copied as held into a second block,
+        so that nothing refers to the old one any more. The factors' old memory goes when nothing else refers
+        to it (a pass through the file mapping, or the previous block). One large block is handed back to the
+        system whole when it goes, where a few hundred factors of a few hundred KiB each, widened one by one,
+        leave holes in the process's heap (resident memory that no tensor uses)."""
+        keys = [(n, k) for n, p in self.processors.items() for k in p if "_lora." in k]
+        if dtype is None:
+            groups = [(keys, None)]
+        else:
+            widen = [(n, k) for n, k in keys if _widens_exactly(self.processors[n][k].dtype, dtype)
+                     and not self.reads_context(n, k.split("_lora.")[0])]
+            if not widen:
+                return
+            chosen = set(widen)
+            groups = [(widen, dtype), ([key for key in keys if key not in chosen], None)]
+        for group, to in groups:
+            if group:
+                tensors = [self.processors[n][k] for n, k in group]
+                for (n, k), view in zip(group, _one_block(tensors, to)):
+                    self.processors[n][k] = view
 
     def reads_context(self, n: int, proj: str) -> bool:
         """Whether processor ``n``'s ``proj`` projection takes the text context: the keys and values of a

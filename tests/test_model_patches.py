@@ -68,7 +68,9 @@ def test_a_float16_lora_is_cast_once_for_a_float32_run_to_the_same_values(pack, 
     """A float16 file's LoRA added at run time by a model computing in float32 (the CPU): the first call casts
     all its factors once, into one block of memory, and the adapter keeps them in float32 (twice the bytes),
     so later calls cast nothing; each call gives bit for bit what casting the float16 factors at every call
-    gives. A bfloat16 computation leaves them as they are (bfloat16 cannot hold every float16 value)."""
+    gives. The factors of the keys and values of the text context stay float16 (a run forms their products
+    once), copied into a block of their own, so that the file's block goes whole. A bfloat16 computation
+    leaves them all as they are (bfloat16 cannot hold every float16 value)."""
     import torch.nn.functional as F
 
     from revpers_core.faceid import LoraForward, load_faceid_adapter
@@ -82,7 +84,9 @@ def test_a_float16_lora_is_cast_once_for_a_float32_run_to_the_same_values(pack, 
     model = ia.apply_faceid(tiny_sdxl["base"], adapter, om.identity_embedding(), 1.0, lora="low-rank")
     forwards = [p for p in model.object_patches.values() if isinstance(p, LoraForward)]
     first, second = forwards[:2]
+    assert not first.reads_context
     file_factors = [(f.up, f.down) for f in forwards]
+    file_block = first.up.untyped_storage().data_ptr()
     up, down = adapter.lora_factors(second.n, second.proj, torch.bfloat16)
     assert up is second.up and down is second.down and up.dtype == down.dtype == torch.float16
 
@@ -95,14 +99,29 @@ def test_a_float16_lora_is_cast_once_for_a_float32_run_to_the_same_values(pack, 
         again = first(x)
     assert torch.equal(got, want) and torch.equal(again, want)
     assert (first.up.data_ptr(), first.down.data_ptr()) == held  # the second call cast nothing
-    # every pair was widened at the first call, to the same values, into one block of memory
-    widened = [t for f in forwards for t in (f.up, f.down)]
-    assert all(t.dtype == torch.float32 for t in widened)
-    assert all(torch.equal(f.up, u.float()) and torch.equal(f.down, d.float())
+    # every pair was widened at the first call, to the same values, into one block of memory; the text
+    # context's stay float16, in one block of their own
+    context = [f for f in forwards if f.reads_context]
+    widened = [t for f in forwards if not f.reads_context for t in (f.up, f.down)]
+    kept_half = [t for f in context for t in (f.up, f.down)]
+    assert context and widened
+    assert all(t.dtype == torch.float32 for t in widened) and all(t.dtype == torch.float16 for t in kept_half)
+    assert all(torch.equal(f.up.float(), u.float()) and torch.equal(f.down.float(), d.float())
                for f, (u, d) in zip(forwards, file_factors))
-    blocks = {t.untyped_storage().data_ptr() for t in widened}
-    assert len(blocks) == 1 and widened[0].untyped_storage().nbytes() == 2 * half_bytes
-    assert adapter.lora_bytes() == 2 * half_bytes
+    wide_bytes = sum(t.numel() * 4 for t in widened)
+    half_kept_bytes = sum(t.numel() * 2 for t in kept_half)
+    assert wide_bytes + half_kept_bytes == 2 * half_bytes - half_kept_bytes
+    for group, nbytes in ((widened, wide_bytes), (kept_half, half_kept_bytes)):
+        blocks = {t.untyped_storage().data_ptr() for t in group}
+        assert len(blocks) == 1 and group[0].untyped_storage().nbytes() == nbytes
+        assert file_block not in blocks  # nothing refers to the file's block: it goes whole
+    assert adapter.lora_bytes() == wide_bytes + half_kept_bytes
+    # a context's keys and values: the float16 factors cast at that call, bit for bit the same
+    c = torch.randn(2, 5, context[0].down.shape[1], generator=torch.Generator().manual_seed(1))
+    u, d = file_factors[forwards.index(context[0])]
+    with torch.inference_mode():
+        assert torch.equal(context[0](c), context[0].forward(c) + F.linear(F.linear(c, d.float()), u.float()))
+    assert context[0].up.dtype == torch.float16
 
 
 def test_the_loaded_lora_factors_share_one_block_of_memory():
