@@ -26,6 +26,8 @@ pytestmark = pytest.mark.skipif(not (sys.platform.startswith("linux") and heap.c
 
 def test_freed_heap_memory_below_a_live_block_goes_back_to_the_system_and_the_live_block_keeps_its_bytes():
     held = {}
+    heap.release_free_heap()  # start from a heap with nothing free in it
+    baseline = anonymous_bytes()
 
     def worker():  # ComfyUI runs prompts on a worker thread, whose allocations have a heap of their own
         blocks = [bytearray(BLOCK) for _ in range(BLOCKS)]
@@ -38,16 +40,14 @@ def test_freed_heap_memory_below_a_live_block_goes_back_to_the_system_and_the_li
     t.start()
     t.join()
     before = anonymous_bytes()
+    # the freed blocks are still resident: what the release is for (glibc keeps free memory below a live block)
+    assert before - baseline >= 0.7 * BLOCK * BLOCKS, (
+        f"only {(before - baseline) / 2**20:.0f} MiB stayed resident: this C library already gave the freed "
+        "blocks back, so the test cannot tell whether the release works")
     assert heap.release_free_heap() is True
     after = anonymous_bytes()
     freed = before - after
     assert freed >= 0.7 * BLOCK * BLOCKS, (
         f"only {freed / 2**20:.0f} MiB of {BLOCK * BLOCKS / 2**20:.0f} MiB freed below a live block went back")
+    assert after - baseline < 0.3 * BLOCK * BLOCKS
     assert held["last"][::4096] == b"\x07" * len(held["last"][::4096])
-
-
-def test_a_second_release_with_nothing_freed_in_between_hands_back_nothing_much():
-    heap.release_free_heap()
-    before = anonymous_bytes()
-    heap.release_free_heap()
-    assert abs(anonymous_bytes() - before) < 16 * 2**20
