@@ -19,6 +19,7 @@ Nothing here imports ComfyUI: the target model is described by a list of `Transf
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import pickle
 import re
@@ -402,12 +403,9 @@ class _Context:
     def __init__(self, rows: torch.Tensor, widths: Dict[Tuple[int, str], int]):
         u, length = rows.shape[:2]
         self.rows = rows  # [u, L, D]: the context's distinct rows, in the order they first appear
-        self.block = torch.empty(u * length * sum(widths.values()), dtype=rows.dtype, device=rows.device)
-        self.products: Dict[Tuple[int, str], torch.Tensor] = {}
-        self.views, at = {}, 0
-        for key, width in widths.items():
-            self.views[key] = self.block[at:at + u * length * width].view(u, length, width)
-            at += u * length * width
+        self.block, views = _empty_block([(u, length, w) for w in widths.values()], rows.dtype, rows.device)
+        self.views: Dict[Tuple[int, str], torch.Tensor] = dict(zip(widths, views))  # each projection's product
+        self.formed: set = set()  # the projections whose product is in its view
 
     @property
     def nbytes(self) -> int:
@@ -464,11 +462,10 @@ class ContextProducts:
             self.formed += 1
             return form(x)
         entry, index = found
-        product = entry.products.get(key)
-        if product is None:
-            product = entry.views[key]
+        product = entry.views[key]
+        if key not in entry.formed:
             product.copy_(form(entry.rows))
-            entry.products[key] = product
+            entry.formed.add(key)
             self.formed += 1
         return product if index is None else product.index_select(0, index)
 
@@ -505,19 +502,22 @@ class ContextProducts:
         return entry, index
 
 
+def _empty_block(shapes: Sequence[Sequence[int]], dtype: torch.dtype, device) -> Tuple[torch.Tensor, list]:
+    """One flat uninitialised tensor and views of it of ``shapes``, in order, end to end."""
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = torch.empty(sum(sizes), dtype=dtype, device=device)
+    return flat, [part.view(shape) for part, shape in zip(flat.split(sizes), shapes)]
+
+
 def _one_block(tensors: Sequence[torch.Tensor], dtype: Optional[torch.dtype]) -> list:
     """Copies of ``tensors``, in order, as views of one flat tensor: converted to ``dtype``, or, where
     ``dtype`` is None, in the dtype they share (tensors of mixed dtypes are copied one by one instead)."""
     dtypes = {t.dtype for t in tensors} if dtype is None else {dtype}
     if len(dtypes) != 1:
         return [t.clone() for t in tensors]  # mixed dtypes (no file we know): each its own copy
-    flat = torch.empty(sum(t.numel() for t in tensors), dtype=dtypes.pop(), device=tensors[0].device)
-    views, at = [], 0
-    for t in tensors:
-        view = flat[at:at + t.numel()].view(t.shape)
+    _, views = _empty_block([t.shape for t in tensors], dtypes.pop(), tensors[0].device)
+    for view, t in zip(views, tensors):
         view.copy_(t)
-        views.append(view)
-        at += t.numel()
     return views
 
 
