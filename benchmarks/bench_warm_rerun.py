@@ -10,11 +10,15 @@ on the full-size SDXL stand-in in one real ComfyUI server (CPU, `--bf16-unet`, P
   identity attention.
 
 The three are timed in rounds, interleaved (pack, core + LoRA, core; RUNS rounds), so that a drift of
-this machine's speed over the minutes weighs on all three alike. Each timed run follows an untimed run of
-the same workflow with another seed: switching workflows (putting the pack's FaceID patches on, merging
-or restoring ComfyUI's LoRA weights) and the first round's checkpoint load happen there, so a timed run
-is a warm re-run: the diffusion and what follows it run again; ComfyUI's cache keeps the loaders, text
-encodings, adapter and embeddings. Printed: the seconds of every timed run, the medians, pack/core and
+this machine's speed over the minutes weighs on all three alike. Before the first round, a warm-up round
+runs each workflow once, untimed: the checkpoint's cold load happens there, and so does the server's
+second prompt, which on this CPU ran slower than the same workflow's later runs (the pack's by 20-35 s in
+two benchmarks; core's, seen once, by 2-7 s), so that it lands on no timed run. Each timed run follows
+an untimed run of the same workflow with another seed: switching workflows (putting the pack's FaceID
+patches on, merging or restoring ComfyUI's LoRA weights) happens there, so a timed run is a warm re-run:
+the diffusion and what follows it run again; ComfyUI's cache keeps the loaders, text encodings, adapter
+and embeddings.
+Printed: the warm-up's seconds, the seconds of every timed run, the medians, pack/core and
 pack/(core + LoRA), each round's own ratios and their median (a round's runs follow each other within
 minutes, so its ratio is the least touched by this machine's drift); also how often the server logged
 "Requested to load" (a model load or switch) during each workflow's timed runs, the server's resident
@@ -34,9 +38,14 @@ import comfy_bench as cb
 
 
 def interleaved(server, graphs, runs):
-    """{name: figures} of the workflows `graphs` ({name: seed -> graph}) timed in `runs` interleaved rounds,
-    each timed run preceded by an untimed one of the same workflow (see the module docstring)."""
-    out = {name: {"seconds": [], "loads_logged": 0, "resident_gib": [], "nodes": {}} for name in graphs}
+    """{name: figures} of the workflows `graphs` ({name: seed -> graph}) timed in `runs` interleaved rounds
+    after an untimed warm-up round, each timed run preceded by an untimed one of the same workflow (see the
+    module docstring)."""
+    out = {name: {"warm_up_s": None, "seconds": [], "loads_logged": 0, "resident_gib": [], "nodes": {}}
+           for name in graphs}
+    for name, make_graph in graphs.items():  # the warm-up round: cold load and the server's second prompt
+        out[name]["warm_up_s"] = round(server.run(make_graph(900))[1], 2)
+    print("[warm-up] " + ", ".join(f"{name} {out[name]['warm_up_s']} s" for name in graphs), flush=True)
     for r in range(runs):
         for name, make_graph in graphs.items():
             server.run(make_graph(1000 + r))  # untimed: the switch to this workflow happens here
