@@ -405,7 +405,7 @@ class _Context:
         self.rows = rows  # [u, L, D]: the context's distinct rows, in the order they first appear
         self.block, views = _empty_block([(u, length, w) for w in widths.values()], rows.dtype, rows.device)
         self.views: Dict[Tuple[int, str], torch.Tensor] = dict(zip(widths, views))  # each projection's product
-        self.formed: set = set()  # the projections whose product is in its view
+        self.filled: set = set()  # the projections whose product is in its view
 
     @property
     def nbytes(self) -> int:
@@ -463,9 +463,9 @@ class ContextProducts:
             return form(x)
         entry, index = found
         product = entry.views[key]
-        if key not in entry.formed:
+        if key not in entry.filled:
             product.copy_(form(entry.rows))
-            entry.formed.add(key)
+            entry.filled.add(key)
             self.formed += 1
         return product if index is None else product.index_select(0, index)
 
