@@ -44,7 +44,6 @@ class CallTimer:
 def prepare(config, steps, size, models):
     """A function running `config` once, and its CallTimer."""
     import bench_row_budget_memory as rb
-    import torch
 
     pack, model, clip, adapter = rb.load(models)  # puts ComfyUI on the path, UNet in bf16
     import folder_paths
@@ -52,16 +51,11 @@ def prepare(config, steps, size, models):
     import nodes as comfy_nodes  # ComfyUI's own nodes.py
 
     node = pack.NODE_CLASS_MAPPINGS
-    generator = torch.Generator().manual_seed(0)
-    latent = {"samples": torch.randn(1, 4, size // 8, size // 8, generator=generator)}
-    embedding = torch.nn.functional.normalize(torch.randn(1, 512, generator=generator), dim=1)
-    positive = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
-    negative = node["RevPersAttributeText"]().encode(clip, "")[0]
+    given = rb.pack_inputs(pack, model, clip, adapter, 1, size, seed=0)
+    latent, positive, negative = {"samples": given.latents}, given.positive, given.negative
     timer = CallTimer()
     if config == "pack":
-        identity = node["RevPersIdentityConditioning"]()
-        inversion_model = identity.apply(model, adapter, 1.0)[0].clone()
-        identity_model = identity.apply(model, adapter, 1.0, embedding)[0].clone()
+        inversion_model, identity_model = given.inversion_model.clone(), given.identity_model.clone()
         for m in (inversion_model, identity_model):
             m.set_model_unet_function_wrapper(timer)
 

@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+import types
 from pathlib import Path
 
 import comfy_bench as cb
@@ -57,25 +58,37 @@ class Calls:
         return apply_model(args["input"], args["timestep"], **args["c"])
 
 
-def run(pack, model, clip, adapter, faces, size, steps, max_rows):
+def pack_inputs(pack, model, clip, adapter, faces, size, seed):
+    """What the pack's Invert and Anonymized Sampler take for FACES random faces of SIZE px (random latents and
+    identities drawn from SEED): the latents, the inversion and identity models (the FaceID adapter put on
+    `model` by Identity Conditioning, without and with the identities), and the prompt's conditioning and
+    attribute, both of "" (CLIP Text Encode and Attribute Text, as the shipped workflows)."""
     import nodes as comfy_nodes  # ComfyUI's own nodes.py
     import torch
 
-    generator = torch.Generator().manual_seed(faces)
+    generator = torch.Generator().manual_seed(seed)
     latents = torch.randn(faces, 4, size // 8, size // 8, generator=generator)
     embeddings = torch.nn.functional.normalize(torch.randn(faces, 512, generator=generator), dim=1)
     node = pack.NODE_CLASS_MAPPINGS
     identity = node["RevPersIdentityConditioning"]()
+    return types.SimpleNamespace(
+        latents=latents, inversion_model=identity.apply(model, adapter, 1.0)[0],
+        identity_model=identity.apply(model, adapter, 1.0, embeddings)[0],
+        positive=comfy_nodes.CLIPTextEncode().encode(clip, "")[0],
+        negative=node["RevPersAttributeText"]().encode(clip, "")[0])
+
+
+def run(pack, model, clip, adapter, faces, size, steps, max_rows):
+    given = pack_inputs(pack, model, clip, adapter, faces, size, seed=faces)
+    node = pack.NODE_CLASS_MAPPINGS
     calls = Calls()
-    inv_model = identity.apply(model, adapter, 1.0)[0].clone()
-    id_model = identity.apply(model, adapter, 1.0, embeddings)[0].clone()
+    inv_model, id_model = given.inversion_model.clone(), given.identity_model.clone()
     inv_model.set_model_unet_function_wrapper(calls)
     id_model.set_model_unet_function_wrapper(calls)
-    positive = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]  # as the shipped workflows: CLIP Text Encode of ""
-    negative = node["RevPersAttributeText"]().encode(clip, "")[0]
-    record, _ = node["RevPersInvert"]().invert(inv_model, {"samples": latents}, positive, negative, -10.0, steps, 0.7,
-                                               0, max_rows)
-    node["RevPersAnonymizedSampler"]().sample(id_model, positive, negative, record, -10.0, False, 1024, "", max_rows)
+    record, _ = node["RevPersInvert"]().invert(inv_model, {"samples": given.latents}, given.positive, given.negative,
+                                               -10.0, steps, 0.7, 0, max_rows)
+    node["RevPersAnonymizedSampler"]().sample(id_model, given.positive, given.negative, record, -10.0, False, 1024, "",
+                                              max_rows)
     return calls
 
 
