@@ -148,13 +148,10 @@ def _keeping_context_products(unet) -> contextlib.ExitStack:
 
 
 def _sample_chunk(model, run: _SolverRun, latent, guidance, sigmas, positive, negative, seed) -> torch.Tensor:
-    try:
-        with _on_loaded_unet(model) as unet, _keeping_context_products(unet):
-            return comfy.sample.sample_custom(unet, torch.zeros_like(latent), float(guidance), run.sampler(), sigmas,
-                                              positive, negative, latent, disable_pbar=True, seed=int(seed))
-    finally:
-        # the run's temporaries are freed; what of them the C heap still holds goes back to the system
-        heap.release_free_heap()
+    # the C heap keeps what a model call frees for the next one while the run lasts, and hands it back after
+    with heap.freed_pages_kept(), _on_loaded_unet(model) as unet, _keeping_context_products(unet):
+        return comfy.sample.sample_custom(unet, torch.zeros_like(latent), float(guidance), run.sampler(), sigmas,
+                                          positive, negative, latent, disable_pbar=True, seed=int(seed))
 
 
 # ---------------------------------------------------------------------------------------------
