@@ -8,6 +8,8 @@ branches) per configuration, the configurations following each other run by run,
 every other round, so that a drift weighs on all of them alike:
 
 * core: KSampler, 2·STEPS steps of euler at cfg 2, on the checkpoint's own model;
+* core_kept: the same, with the C heap's freed pages kept while the run lasts, as the pack's runs keep
+  them (revpers_core.heap.freed_pages_kept): core under the allocator settings of the pack's runs;
 * lora: the same KSampler on the pack's inversion model (the FaceID LoRA added at run time, no identity
   tokens), the text context's LoRA products kept for the run as the pack's runs keep them;
 * identity: the same on the pack's identity model (the LoRA and the identity attention);
@@ -24,7 +26,7 @@ mapped), and for each configuration its median, its ratio of medians to core, ea
 with their median, and its median page faults per run against core's.
 
     flock /tmp/revpers-heavy.lock .venv/bin/python benchmarks/bench_interleaved_runs.py [--steps 5]
-        [--rounds 4] [--configs core,lora,identity,pack,pack_no_trim] [--json out.json]
+        [--rounds 4] [--configs core,core_kept,lora,identity,pack,pack_no_trim] [--json out.json]
 """
 import argparse
 import contextlib
@@ -38,7 +40,7 @@ from pathlib import Path
 
 import comfy_bench as cb
 
-CONFIGS = ("core", "lora", "identity", "pack", "pack_no_trim")
+CONFIGS = ("core", "core_kept", "lora", "identity", "pack", "pack_no_trim")
 
 
 @contextlib.contextmanager
@@ -72,6 +74,10 @@ def configurations(models, steps, size):
             comfy_nodes.KSampler().sample(unet, seed, 2 * steps, 2.0, "euler", "normal", positive, negative, latent,
                                           denoise=1.0)
 
+    def core_kept(seed):
+        with runs_module.heap.freed_pages_kept():
+            ksampler(model, seed, False)
+
     def pack_runs(seed, trim=True):
         with contextlib.nullcontext() if trim else heap_release_off(runs_module):
             record = node["RevPersInvert"]().invert(inversion_model, latent, positive, negative, -10.0, steps, 0.7,
@@ -81,6 +87,7 @@ def configurations(models, steps, size):
 
     return {
         "core": lambda seed: ksampler(model, seed, False),
+        "core_kept": lambda seed: core_kept(seed),
         "lora": lambda seed: ksampler(inversion_model, seed, True),
         "identity": lambda seed: ksampler(identity_model, seed, True),
         "pack": lambda seed: pack_runs(seed),
@@ -147,18 +154,18 @@ def main(argv=None):
     print(f"machine: {cb.machine()}; {args.size} px, {2 * args.steps} model calls of 2 rows per run, "
           f"{args.rounds} rounds", flush=True)
     seconds, faults = on_worker_thread(interleaved, args.models, args.steps, args.size, names, args.rounds)
-    core = cb.median(seconds["core"])
-    figures = {}
+    core = round(cb.median(seconds["core"]), 2)  # medians of an even count are means of two: rounded as measured
+    core_faults, figures = round(cb.median(faults["core"])), {}
     for name in names:
-        median = cb.median(seconds[name])
+        median = round(cb.median(seconds[name]), 2)
         rounds = [round(s / c, 3) for s, c in zip(seconds[name], seconds["core"])]
         figures[name] = {"seconds": seconds[name], "median_s": median, "ratio_to_core": round(median / core, 3),
-                         "round_ratios_to_core": rounds, "median_round_ratio_to_core": cb.median(rounds),
-                         "page_faults": faults[name], "median_page_faults": cb.median(faults[name])}
+                         "round_ratios_to_core": rounds, "median_round_ratio_to_core": round(cb.median(rounds), 3),
+                         "page_faults": faults[name], "median_page_faults": round(cb.median(faults[name]))}
         if name != "core":
             print(f"{name} / core: {figures[name]['ratio_to_core']} (median {median} s against {core} s; rounds "
                   f"{rounds}, their median {figures[name]['median_round_ratio_to_core']}); page faults per run "
-                  f"{figures[name]['median_page_faults']} against {cb.median(faults['core'])}", flush=True)
+                  f"{figures[name]['median_page_faults']} against {core_faults}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0
