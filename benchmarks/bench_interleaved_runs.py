@@ -87,7 +87,7 @@ def configurations(models, steps, size):
 
     return {
         "core": lambda seed: ksampler(model, seed, False),
-        "core_kept": lambda seed: core_kept(seed),
+        "core_kept": core_kept,
         "lora": lambda seed: ksampler(inversion_model, seed, True),
         "identity": lambda seed: ksampler(identity_model, seed, True),
         "pack": lambda seed: pack_runs(seed),

@@ -49,29 +49,27 @@ DEFAULT_TRIM_THRESHOLD = 2 * MMAP_THRESHOLD  # twice the mmap threshold, as glib
 
 
 @functools.lru_cache(maxsize=None)
-def _malloc_trim() -> Optional[Callable[[int], int]]:
-    """glibc's malloc_trim, looked up once; None where the C library has no such call."""
+def _glibc_call(name: str, argtypes: tuple) -> Optional[Callable[..., int]]:
+    """One of glibc's malloc calls (returning int), looked up once; None where the C library is not glibc:
+    not Linux, no C library found, or no malloc_trim (musl has none)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # no C library found, or not glibc (musl has no malloc_trim)
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
-
-
-@functools.lru_cache(maxsize=None)
-def _mallopt() -> Optional[Callable[[int, int], int]]:
-    """glibc's mallopt, looked up once; None where the C library has no malloc_trim (not glibc)."""
-    if _malloc_trim() is None:
-        return None
-    try:
-        set_option = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # glibc's own: where it is missing, so are glibc's options
+        call = getattr(libc, name)
     except (OSError, AttributeError):
         return None
-    set_option.argtypes, set_option.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return set_option
+    call.argtypes, call.restype = list(argtypes), ctypes.c_int
+    return call
+
+
+def _malloc_trim() -> Optional[Callable[[int], int]]:
+    return _glibc_call("malloc_trim", (ctypes.c_size_t,))
+
+
+def _mallopt() -> Optional[Callable[[int, int], int]]:
+    return _glibc_call("mallopt", (ctypes.c_int, ctypes.c_int))
 
 
 def can_release() -> bool:
@@ -86,7 +84,8 @@ def release_free_heap() -> bool:
     return bool(trim(0)) if trim is not None else False
 
 
-_OWN_OPTIONS = ("top_pad", "trim_threshold", "mmap_threshold", "mmap_max")  # the ones a run's settings touch
+# the options a run's settings set, and mmap_max, on which the mmap threshold depends
+_OWN_OPTIONS = ("top_pad", "trim_threshold", "mmap_threshold", "mmap_max")
 
 
 def user_tuned() -> bool:
