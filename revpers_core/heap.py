@@ -25,7 +25,17 @@ this CPU. `freed_pages_kept` holds the freed pages in the heaps for the next cal
 free memory back as above. It also fixes the size from which a block gets its own mapping
 (``M_MMAP_THRESHOLD``) at 32 MiB, the largest value glibc's own adjustment of it reaches: glibc stops
 adjusting it once any of the three is set, and a process's first run must not freeze it at its
-starting value of 128 KiB. That one is not put back. A process started with malloc options of its own
+starting value of 128 KiB. That one is not put back.
+
+Blocks over that threshold still got mappings of their own, unmapped again when freed: on SDXL the
+float32 casts of the 1280-channel 3x3 convolutions (56.25 MiB) and feed-forward projections (50 MiB), a
+dozen or so each per call. Which of them found room in a heap instead depended on what else the heaps
+held, and so varied from run to run: counted in one server (munmap calls, with perf), a 20-call run of
+ComfyUI's own sampler unmapped 20 of them, one of the pack's 399, about 21 GiB of fresh pages. While
+a run lasts no block gets a mapping of its own where a heap can hold it (``M_MMAP_MAX`` 0): a thread's
+heap holds up to 64 MiB, so those casts land in a heap that is kept for the next call; larger blocks
+are still mapped, as glibc does when no heap can hold them. After the run glibc's default (65536
+mappings) is put back. A process started with malloc options of its own
 (``MALLOC_TOP_PAD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_MMAP_MAX_``, or
 ``glibc.malloc`` tunables of those names) is left as it was started.
 """
@@ -40,12 +50,14 @@ import sys
 from typing import Callable, Iterator, Optional
 
 # mallopt's parameters (glibc's malloc.h) and the values used here
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
 MMAP_THRESHOLD = 32 * 2**20        # blocks from this size get a mapping of their own (glibc's adjustment's top)
 RUN_TOP_PAD = 64 * 2**20           # a thread's heap is at most 64 MiB: with this much kept free, none is deleted
 RUN_TRIM_THRESHOLD = 1024 * 2**20  # the main heap's free top is kept up to 1 GiB while the run lasts
+RUN_MMAP_MAX = 0                   # while the run lasts, blocks a heap can hold get no mapping of their own
 DEFAULT_TOP_PAD = 128 * 2**10      # glibc's defaults, put back after the run
 DEFAULT_TRIM_THRESHOLD = 2 * MMAP_THRESHOLD  # twice the mmap threshold, as glibc's adjustment sets it
+DEFAULT_MMAP_MAX = 65536
 
 
 @functools.lru_cache(maxsize=None)
@@ -84,7 +96,7 @@ def release_free_heap() -> bool:
     return bool(trim(0)) if trim is not None else False
 
 
-# the options a run's settings set, and mmap_max, on which the mmap threshold depends
+# the options a run's settings set
 _OWN_OPTIONS = ("top_pad", "trim_threshold", "mmap_threshold", "mmap_max")
 
 
@@ -113,10 +125,11 @@ def freed_pages_kept() -> Iterator[bool]:
     nothing but the hand-back)."""
     ours = _mallopt() is not None and not user_tuned()
     kept = ours and _set([(M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, RUN_TRIM_THRESHOLD),
-                          (M_TOP_PAD, RUN_TOP_PAD)])
+                          (M_TOP_PAD, RUN_TOP_PAD), (M_MMAP_MAX, RUN_MMAP_MAX)])
     try:
         yield kept
     finally:
         if ours:  # also when only some of the settings took
-            _set([(M_TOP_PAD, DEFAULT_TOP_PAD), (M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)])
+            _set([(M_MMAP_MAX, DEFAULT_MMAP_MAX), (M_TOP_PAD, DEFAULT_TOP_PAD),
+                  (M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)])
         release_free_heap()

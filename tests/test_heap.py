@@ -61,19 +61,19 @@ CALL_BLOCKS = 192        # 192 MiB "freed by one model call": several of a threa
 PAGES = CALL_BLOCK * CALL_BLOCKS // 4096
 
 
-def one_call():
+def one_call(block=CALL_BLOCK, blocks=CALL_BLOCKS):
     """What a model call does to the heap: allocate blocks, write every page, free them all."""
-    blocks = [bytearray(CALL_BLOCK) for _ in range(CALL_BLOCKS)]
-    for b in blocks:
+    held = [bytearray(block) for _ in range(blocks)]
+    for b in held:
         b[::4096] = b"\x05" * len(b[::4096])
-    del blocks
+    del held
 
 
-def faults_of_second_call():
+def faults_of_second_call(block=CALL_BLOCK, blocks=CALL_BLOCKS):
     """Minor page faults of this thread during a call made right after an identical one."""
-    one_call()
+    one_call(block, blocks)
     before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-    one_call()
+    one_call(block, blocks)
     return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
 
 
@@ -116,6 +116,25 @@ def test_while_a_run_lasts_freed_pages_are_reused_without_faults_and_go_back_to_
     assert resident_in_run - resident_after > 0.5 * CALL_BLOCK * CALL_BLOCKS, (
         f"only {(resident_in_run - resident_after) / 2**20:.0f} MiB of the run's freed "
         f"{CALL_BLOCK * CALL_BLOCKS / 2**20:.0f} MiB went back after it")
+
+
+CONV_CAST = 1280 * 1280 * 3 * 3 * 4  # SDXL's 1280-channel 3x3 convolution cast to float32: 56.25 MiB,
+CONV_CASTS = 2                       # over the run's mmap threshold (32 MiB), under a thread heap's 64 MiB
+
+
+@pytest.mark.skipif(heap.user_tuned(), reason="the process was started with malloc options of its own, "
+                    "which freed_pages_kept leaves as they are")
+def test_while_a_run_lasts_a_freed_block_over_the_mmap_threshold_is_reused_without_faults():
+    # by default such a block gets a mapping of its own, unmapped when freed: all fresh pages every call
+    def run():
+        with heap.freed_pages_kept():
+            return faults_of_second_call(CONV_CAST, CONV_CASTS)
+
+    pages = CONV_CAST * CONV_CASTS // 4096
+    faults = on_thread(run)
+    assert faults < 0.05 * pages, (
+        f"{faults} page faults for {pages} pages of {CONV_CASTS} blocks of {CONV_CAST / 2**20} MiB that the call "
+        "before had just freed")
 
 
 def test_a_process_started_with_malloc_options_of_its_own_is_left_as_it_was(monkeypatch):
