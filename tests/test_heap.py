@@ -26,6 +26,9 @@ def anonymous_bytes() -> int:
 pytestmark = pytest.mark.skipif(not (sys.platform.startswith("linux") and heap.can_release()),
                                 reason="needs glibc's malloc_trim and /proc (Linux)")
 
+needs_untuned_malloc = pytest.mark.skipif(heap.user_tuned(), reason="the process was started with malloc "
+                                          "options of its own, which freed_pages_kept leaves as they are")
+
 
 def test_freed_heap_memory_below_a_live_block_goes_back_to_the_system_and_the_live_block_keeps_its_bytes():
     held = {}
@@ -96,8 +99,7 @@ def on_thread(function):
     return result["value"]
 
 
-@pytest.mark.skipif(heap.user_tuned(), reason="the process was started with malloc options of its own, "
-                    "which freed_pages_kept leaves as they are")
+@needs_untuned_malloc
 def test_while_a_run_lasts_freed_pages_are_reused_without_faults_and_go_back_to_the_system_after():
     def run():
         with heap.freed_pages_kept() as kept:
@@ -122,8 +124,7 @@ CONV_CAST = 1280 * 1280 * 3 * 3 * 4  # SDXL's 1280-channel 3x3 convolution cast 
 CONV_CASTS = 2                       # over the run's mmap threshold (32 MiB), under a thread heap's 64 MiB
 
 
-@pytest.mark.skipif(heap.user_tuned(), reason="the process was started with malloc options of its own, "
-                    "which freed_pages_kept leaves as they are")
+@needs_untuned_malloc
 def test_while_a_run_lasts_a_freed_block_over_the_mmap_threshold_is_reused_without_faults():
     # by default such a block gets a mapping of its own, unmapped when freed: all fresh pages every call
     def run():
