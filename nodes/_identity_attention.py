@@ -13,8 +13,8 @@
   "low-rank" where the model runs on its offload device (the CPU), where a merge would hold every patched
   weight twice (ComfyUI keeps the original beside the merged one, to unpatch): each projection adds
   up·(down·x) at run time (revpers_core.faceid.LoraForward, as object patches), so the LoRA costs what
-  its factors cost (a float16 file's, kept in float32 after the first call where the model computes in
-  float32, as on the CPU: cast once, not at every call).
+  its factors cost in the file (float16 in the published files; where the model computes in float32, as on
+  the CPU, each pair is cast at its call, as ComfyUI casts the UNet's own weights).
 * The UNet's per-row layers computed two rows at a time, as for a face alone (revpers_core.row_budget.
   RowPairs, as object patches), so a face's result does not depend on how many faces share its call.
 """

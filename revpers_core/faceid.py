@@ -196,7 +196,7 @@ class FaceIDAdapter:
                     p[key] = torch.empty_like(t, device="meta")
                 elif "_lora." not in key:
                     p[key] = own(t)
-        self._gather_lora(None)  # the LoRA factors: copied into one block of memory of their own
+        self._gather_lora()  # the LoRA factors: copied into one block of memory of their own
         self.image_proj = {k: own(t) for k, t in self.image_proj.items()}
         self.source, self._stamp, self._source_layout = source, (stat.st_size, stat.st_mtime_ns), layout
 
@@ -254,49 +254,21 @@ class FaceIDAdapter:
     def lora_layers(self, block: int):
         """(attention, projection, up, down) of every LoRA pair of transformer block ``block`` the file
         carries (attention "attn1" or "attn2", projection "to_q" … "to_out"): the low-rank factors
-        themselves, ΔW = up · down at weight 1, for the host to merge into the model's weights (`LoraForward`,
-        which adds them at run time, takes them through `lora_factors`)."""
+        themselves, ΔW = up · down at weight 1, for the host to merge into the model's weights (`LoraForward`
+        adds them at run time instead)."""
         for attn, _, proj, up, down in self.lora_pairs(block):
             yield attn, proj, up, down
 
-    def lora_factors(self, n: int, proj: str, dtype: torch.dtype):
-        """(up, down) of processor ``n``'s ``proj`` LoRA for a computation in ``dtype``. Where ``dtype`` holds
-        every value of the factors exactly and is wider (float16 or bfloat16 factors, float32 arithmetic: a
-        model run on the CPU), the adapter converts all such factors at the first such request, into one
-        block of memory, and keeps them in ``dtype`` from then on: cast once, not at every call, to the same
-        values (at twice the bytes for float16 → float32). The factors of the projections that take the text
-        context (`reads_context`, about 30 % of an SDXL LoRA's bytes) stay as held: a run forms their products
-        once (`ContextProducts`), so they are cast at that one call, and held wide they would cost memory for
-        the whole life of the server to save one cast per run. Otherwise the factors as held."""
-        p = self.processors[n]
-        keys = (f"{proj}_lora.up", f"{proj}_lora.down")
-        if not self.reads_context(n, proj) and _widens_exactly(p[keys[0]].dtype, dtype):
-            self._gather_lora(dtype)
-        return p[keys[0]], p[keys[1]]
-
-    def _gather_lora(self, dtype: Optional[torch.dtype]) -> None:
-        """Copy LoRA factors into one block of memory (views of one flat tensor, in file order): with ``dtype``
-        None all of them, as held. Else those ``dtype`` widens exactly, converted, except the factors of the
-        projections that take the text context; those, and any others, are copied as held into a second block,
-        so that nothing refers to the old one any more. The factors' old memory goes when nothing else refers
-        to it (a pass through the file mapping, or the previous block). One large block is handed back to the
-        system whole when it goes, where a few hundred factors of a few hundred KiB each, widened one by one,
-        leave holes in the process's heap (resident memory that no tensor uses)."""
+    def _gather_lora(self) -> None:
+        """Copy all the LoRA factors into one block of memory of their own (views of one flat tensor, in file
+        order, as held): the file's mapping, or the tensors of a pickle's load, then go. The factors stay in the
+        file's dtype for the server's whole life; a computation in a wider dtype casts each pair at its call
+        (`LoraForward`)."""
         keys = [(n, k) for n, p in self.processors.items() for k in p if "_lora." in k]
-        if dtype is None:
-            groups = [(keys, None)]
-        else:
-            widen = [(n, k) for n, k in keys if _widens_exactly(self.processors[n][k].dtype, dtype)
-                     and not self.reads_context(n, k.split("_lora.")[0])]
-            if not widen:
-                return
-            chosen = set(widen)
-            groups = [(widen, dtype), ([key for key in keys if key not in chosen], None)]
-        for group, to in groups:
-            if group:
-                tensors = [self.processors[n][k] for n, k in group]
-                for (n, k), view in zip(group, _one_block(tensors, to)):
-                    self.processors[n][k] = view
+        if keys:
+            tensors = [self.processors[n][k] for n, k in keys]
+            for (n, k), view in zip(keys, _one_block(tensors)):
+                self.processors[n][k] = view
 
     def reads_context(self, n: int, proj: str) -> bool:
         """Whether processor ``n``'s ``proj`` projection takes the text context: the keys and values of a
@@ -309,8 +281,7 @@ class FaceIDAdapter:
                 for proj in LORA_PROJECTIONS if f"{proj}_lora.up" in p and self.reads_context(n, proj)}
 
     def lora_bytes(self) -> int:
-        """Bytes of all the LoRA factors as held (what the LoRA costs in memory): the file's, until
-        `lora_factors` widens them for a float32 computation."""
+        """Bytes of all the LoRA factors as held (what the LoRA costs in memory): the file's."""
         return sum(t.numel() * t.element_size() for p in self.processors.values()
                    for k, t in p.items() if "_lora." in k)
 
@@ -354,11 +325,14 @@ class FaceIDAdapter:
 class LoraForward:
     """A projection with the FaceID LoRA added at run time: y = W x + up · (down · x), the same as the merged
     weight (W + up · down) x at weight 1 without forming W + up · down. The factors are processor ``n``'s
-    ``proj`` pair of ``adapter`` (no copy), taken through `FaceIDAdapter.lora_factors` at each call and cast
-    to the input's device and dtype where they differ. ``forward`` is the projection's own forward (W x,
-    bias included). A cross-attention's keys and values take the text context, the same at every step: while
-    a run keeps them (`ContextProducts.kept`), their products up · (down · c) are formed once per distinct
-    context and reused, bit for bit what each call would form."""
+    ``proj`` pair of ``adapter`` (no copy), cast at each call to the input's device and dtype where they
+    differ, as ComfyUI casts the UNet's own weights: a float16 file's factors in a float32 computation (the
+    CPU) cost their file's bytes between calls and one pair's cast at a time during one (on SDXL about 25 ms
+    of casting per call on a 2-core CPU; kept in float32 instead they held 244 MiB more for the server's whole
+    life). ``forward`` is the projection's own forward (W x, bias included). A cross-attention's keys and
+    values take the text context, the same at every step: while a run keeps them (`ContextProducts.kept`),
+    their products up · (down · c) are formed once per distinct context and reused, bit for bit what each call
+    would form."""
 
     def __init__(self, forward, adapter: FaceIDAdapter, n: int, proj: str):
         self.forward, self.adapter, self.n, self.proj = forward, adapter, n, proj
@@ -382,8 +356,7 @@ class LoraForward:
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """The LoRA's part of the projection of ``x``: up · (down · x), in ``x``'s dtype and on its device."""
-        up, down = self.adapter.lora_factors(self.n, self.proj, x.dtype)
-        down, up = down.to(device=x.device, dtype=x.dtype), up.to(device=x.device, dtype=x.dtype)
+        down, up = (t.to(device=x.device, dtype=x.dtype) for t in (self.down, self.up))
         return F.linear(F.linear(x, down), up)
 
     def __eq__(self, other):
@@ -509,22 +482,16 @@ def _empty_block(shapes: Sequence[Sequence[int]], dtype: torch.dtype, device) ->
     return flat, [part.view(shape) for part, shape in zip(flat.split(sizes), shapes)]
 
 
-def _one_block(tensors: Sequence[torch.Tensor], dtype: Optional[torch.dtype]) -> list:
-    """Copies of ``tensors``, in order, as views of one flat tensor: converted to ``dtype``, or, where
-    ``dtype`` is None, in the dtype they share (tensors of mixed dtypes are copied one by one instead)."""
-    dtypes = {t.dtype for t in tensors} if dtype is None else {dtype}
+def _one_block(tensors: Sequence[torch.Tensor]) -> list:
+    """Copies of ``tensors``, in order, as views of one flat tensor of the dtype they share (tensors of mixed
+    dtypes are copied one by one instead)."""
+    dtypes = {t.dtype for t in tensors}
     if len(dtypes) != 1:
         return [t.clone() for t in tensors]  # mixed dtypes (no file we know): each its own copy
     _, views = _empty_block([t.shape for t in tensors], dtypes.pop(), tensors[0].device)
     for view, t in zip(views, tensors):
         view.copy_(t)
     return views
-
-
-def _widens_exactly(have: torch.dtype, want: torch.dtype) -> bool:
-    """Every value of ``have`` is a value of ``want``, and ``want`` is the wider type."""
-    return have != want and have in (torch.float16, torch.bfloat16, torch.float32) and (
-        want == torch.float64 or (want == torch.float32 and have != torch.float32))
 
 
 # ---------------------------------------------------------------------------------------------
