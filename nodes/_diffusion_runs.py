@@ -12,13 +12,17 @@ both forms.
 
 Faces go in chunks under the row budget (revpers_core.row_budget), each chunk through all steps.
 
+Each chunk's run has model options of its own: a copy of the MODEL's (every list and dict in it), to
+which the run adds what is its alone, the faces the chunk carries (`FACE_WINDOW`) and per-face guidance.
+Nothing of a run is written into the MODEL, its clones or the model they were cloned from.
+
 One UNet for both runs: the inversion's model and the identity model are clones of one base with the
 same FaceID weights; they differ only in their model options (the identity routing, per-face
 guidance). A run takes the clone ComfyUI already has loaded when its weights and object patches are
-the run's model's (ComfyUI's own `clone_has_same_weights`), with the run's model options for the
-duration of the run, so that the second run of a prompt, and every warm re-run, loads and patches
-nothing. While a run lasts, the LoRA's products of the text context (the same at every step) are formed
-once (revpers_core.faceid.ContextProducts).
+the run's model's (ComfyUI's own `clone_has_same_weights`), carrying the run's own options while the run
+lasts (its own are put back after), so that the second run of a prompt, and every warm re-run, loads and
+patches nothing. While a run lasts, the LoRA's products of the text context (the same at every step) are
+formed once (revpers_core.faceid.ContextProducts).
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ from revpers_core import heap, row_budget, solver
 from revpers_core.conditioning import guided_rows
 from revpers_core.faceid import LoraForward
 
-from ._identity_attention import identity_of
+from ._identity_attention import FACE_WINDOW, copied_tables
 from ._schedule import model_schedule, step_sigmas
 
 
@@ -122,19 +126,26 @@ def _loaded_twin(model):
 
 
 @contextlib.contextmanager
-def _on_loaded_unet(model):
-    """The patcher to sample ``model`` with: its loaded twin carrying ``model``'s options while the run
-    lasts, else ``model`` itself."""
-    twin = _loaded_twin(model)
-    if twin is None:
-        yield model
-        return
-    own = twin.model_options
-    twin.model_options = model.model_options
+def _on_loaded_unet(model, options):
+    """The patcher to sample ``model`` with, carrying the run's ``options`` while the run lasts: ``model``'s
+    loaded twin, else ``model`` itself. Its own options are put back after, untouched."""
+    unet = _loaded_twin(model) or model
+    own = unet.model_options
+    unet.model_options = options
     try:
-        yield twin
+        yield unet
     finally:
-        twin.model_options = own
+        unet.model_options = own
+
+
+def _run_options(model, window: Tuple[int, int], post_cfg=None) -> dict:
+    """The model options of one chunk's run: a copy of ``model``'s (every list and dict in it), telling each
+    call the faces ``window`` it carries, with ``post_cfg`` (per-face guidance) after the MODEL's own."""
+    options = copied_tables(model.model_options)
+    options.setdefault("transformer_options", {})[FACE_WINDOW] = (int(window[0]), int(window[1]))
+    if post_cfg is not None:
+        options.setdefault("sampler_post_cfg_function", []).append(post_cfg)
+    return options
 
 
 def _keeping_context_products(unet) -> contextlib.ExitStack:
@@ -147,9 +158,10 @@ def _keeping_context_products(unet) -> contextlib.ExitStack:
     return stack
 
 
-def _sample_chunk(model, run: _SolverRun, latent, guidance, sigmas, positive, negative, seed) -> torch.Tensor:
+def _sample_chunk(model, options, run: _SolverRun, latent, guidance, sigmas, positive, negative,
+                  seed) -> torch.Tensor:
     # the C heap keeps what a model call frees for the next one while the run lasts, and hands it back after
-    with heap.freed_pages_kept(), _on_loaded_unet(model) as unet, _keeping_context_products(unet):
+    with heap.freed_pages_kept(), _on_loaded_unet(model, options) as unet, _keeping_context_products(unet):
         return comfy.sample.sample_custom(unet, torch.zeros_like(latent), float(guidance), run.sampler(), sigmas,
                                           positive, negative, latent, disable_pbar=True, seed=int(seed))
 
@@ -175,11 +187,6 @@ def face_chunks(model, latent_shape, faces: int, max_rows: int) -> List[Tuple[in
     return row_budget.face_chunks(faces, max_rows)
 
 
-def _identity_window(model, start: int, stop: int):
-    tokens = identity_of(model)
-    return tokens.chunk(start, stop) if tokens is not None else contextlib.nullcontext()
-
-
 def run_inversion(model, latent: torch.Tensor, positive, negative, guidance: float, steps: int, skip: float, seed: int,
                   on_step=None, max_rows: int = 0) -> Tuple[solver.InversionRecord, torch.Tensor]:
     """Edit-friendly inversion of LATENT samples (user latent space) → (record in the model's latent space,
@@ -191,8 +198,8 @@ def run_inversion(model, latent: torch.Tensor, positive, negative, guidance: flo
     records, starts = [], []
     for c, (a, b) in enumerate(chunks):
         run = _InversionRun(schedule, timesteps, seed, guidance, _chunked_progress(on_step, c, len(chunks)))
-        with _identity_window(model, a, b):
-            starts.append(_sample_chunk(model, run, latent[a:b], guidance, sigmas, positive, negative, seed))
+        starts.append(_sample_chunk(model, _run_options(model, (a, b)), run, latent[a:b], guidance, sigmas,
+                                    positive, negative, seed))
         records.append(run.record)
     record = records[0] if len(records) == 1 else solver.InversionRecord.joined(records)
     return _record_to(record, "cpu"), torch.cat(starts)
@@ -220,22 +227,19 @@ class _RowGuidance:
                            [self.scales[i] for i in self.rows])
 
 
-def with_row_guidance(model, guidance: float, scales: Sequence[float]):
-    """``model`` itself when every row is guided with ``guidance``; else a clone guided per row (see
-    `_RowGuidance`): guaranteed mode re-samples failing faces while the others come out identical."""
-    rows = [i for i, g in enumerate(scales) if float(g) != float(guidance)]
-    if not rows:
-        return model
-    patched = model.clone()
-    patched.set_model_sampler_post_cfg_function(_RowGuidance(scales, rows))
-    return patched
+def row_guidance(guidance: float, scales: Optional[Sequence[float]]) -> Optional[_RowGuidance]:
+    """None when every row is guided with ``guidance`` (or ``scales`` is None); else the post-CFG function
+    that guides the rows whose scale differs with their own (see `_RowGuidance`): guaranteed mode re-samples
+    failing faces while the others come out identical."""
+    rows = [] if scales is None else [i for i, g in enumerate(scales) if float(g) != float(guidance)]
+    return _RowGuidance(scales, rows) if rows else None
 
 
 def run_sampling(model, record: solver.InversionRecord, positive, negative, guidance: float,
                  reference_compat: bool = False, reference_size: int = 1024, on_step=None,
                  row_scales: Optional[Sequence[float]] = None, max_rows: int = 0) -> torch.Tensor:
     """Replay the solver from the record's x_T with its noise maps → final latents (user latent space), the
-    faces in chunks under the row budget. ``row_scales``: one guidance per face (see `with_row_guidance`);
+    faces in chunks under the row budget. ``row_scales``: one guidance per face (see `row_guidance`);
     None = ``guidance`` for all."""
     schedule = model_schedule(model)
     if not schedule.same_as(record.schedule):
@@ -248,9 +252,9 @@ def run_sampling(model, record: solver.InversionRecord, positive, negative, guid
     outs = []
     for c, (a, b) in enumerate(chunks):
         part = record.faces(a, b)
-        chunk_model = model if row_scales is None else with_row_guidance(model, guidance, row_scales[a:b])
+        post_cfg = row_guidance(guidance, None if row_scales is None else row_scales[a:b])
         run = _ReplayRun(part, reference_compat, _chunked_progress(on_step, c, len(chunks)))
         latent = model.model.process_latent_out(part.x_T.clone())
-        with _identity_window(model, a, b):
-            outs.append(_sample_chunk(chunk_model, run, latent, guidance, sigmas, positive, negative, record.seed))
+        outs.append(_sample_chunk(model, _run_options(model, (a, b), post_cfg), run, latent, guidance, sigmas,
+                                  positive, negative, record.seed))
     return torch.cat(outs)

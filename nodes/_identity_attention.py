@@ -17,6 +17,14 @@
   the CPU, each pair is cast at its call, as ComfyUI casts the UNet's own weights).
 * The UNet's per-row layers computed two rows at a time, as for a face alone (revpers_core.row_budget.
   RowPairs, as object patches), so a face's result does not depend on how many faces share its call.
+
+A MODEL and its clones: ComfyUI's ``clone()`` copies ``model_options`` and the patch tables to a depth that
+differs between releases (a deep copy on some, a copy of the lists and dicts only on others), so the
+objects the pack keeps there are shared by a model and its clones on some hosts. They hold nothing that
+changes: the identity tokens are fixed when made, which faces a call carries comes with the call
+(`FACE_WINDOW` in its transformer options, set for one run by nodes/_diffusion_runs.py), the LoRA and
+row-pair patches keep only references. Where the pack writes into a clone (`own_tables`), it first makes
+the tables it writes into the clone's own, whatever the host's copy did.
 """
 from __future__ import annotations
 
@@ -37,13 +45,17 @@ from revpers_core.row_budget import RowPairs
 from ._unet_sites import attention_sites, describe_model
 
 COND = 0  # ComfyUI's cond_or_uncond: 0 = the conditional branch, 1 = the unconditional one
+# The transformer option that tells a call which faces it carries: (start, stop), one chunk of the faces
+# (revpers_core.row_budget); absent = all of them.
+FACE_WINDOW = "revpers_face_window"
 _UUID_NAMESPACE = uuid.UUID("5f0c2a3e-8d7b-4c1e-9a55-3b1e0c6f4d21")
 LORA_MODES = ("auto", "merge", "low-rank")
 _PER_ROW_LAYER = re.compile(r"^(time_embed|label_emb)\.|\.emb_layers\.")
 
 
 class IdentityAttention:
-    """attn2 replacement: text attention + scale · attention(q, K_ip, V_ip)."""
+    """attn2 replacement: text attention + scale · attention(q, K_ip, V_ip). Holds references only (the
+    tokens, its block, the replacement it wraps), none of them changed by a run: a clone may share it."""
 
     def __init__(self, tokens: IdentityTokens, block: int, inner=None):
         self.tokens = tokens  # shared by every layer of one patched MODEL
@@ -58,7 +70,8 @@ class IdentityAttention:
             out = comfy_attention.optimized_attention(q, k, v, heads)
         conditional = [c == COND for c in extra_options.get("cond_or_uncond") or [COND]]
         return self.tokens.attend(q, out, self.block, conditional,
-                                  lambda q_, k_, v_: comfy_attention.optimized_attention(q_, k_, v_, heads))
+                                  lambda q_, k_, v_: comfy_attention.optimized_attention(q_, k_, v_, heads),
+                                  extra_options.get(FACE_WINDOW))
 
     def to(self, *args, **kwargs):
         # ComfyUI hands patches the model's device when it loads or offloads it (and its dtype, which the keys
@@ -70,8 +83,28 @@ class IdentityAttention:
         return self
 
     def __deepcopy__(self, memo):
-        # ModelPatcher.clone() deep-copies model_options; the tokens are shared, never copied.
-        return IdentityAttention(self.tokens, self.block, self.inner)
+        # Hosts whose clone() deep-copies model_options get this very object, as hosts that copy only the
+        # lists and dicts do: nothing in it changes, and copying would copy every projected key and value.
+        return self
+
+
+def copied_tables(value):
+    """``value`` with every dict and list in it copied, all the way down; other objects kept (shared)."""
+    if isinstance(value, dict):
+        return {k: copied_tables(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copied_tables(v) for v in value]
+    return value
+
+
+def own_tables(patcher):
+    """``patcher`` (a fresh clone) made the owner of every table the pack writes into: its model options
+    (down to the lists and dicts inside), its object patches and its weight patches (each key's list), so
+    that nothing written into it reaches the model it was cloned from, whatever the host's clone copied."""
+    patcher.model_options = copied_tables(patcher.model_options)
+    patcher.object_patches = dict(patcher.object_patches)
+    patcher.patches = {key: list(patches) for key, patches in patcher.patches.items()}
+    return patcher
 
 
 def _attn2_replacements(model) -> Dict:
@@ -165,7 +198,7 @@ def apply_faceid(model, adapter: FaceIDAdapter, embeddings: Optional[torch.Tenso
                          "twice); connect the model from before the first one")
     tokens = identity_tokens(adapter, embeddings, scale)
 
-    patched = model.clone()
+    patched = own_tables(model.clone())
     if adapter.has_lora:
         if (lora_mode(model) if lora == "auto" else lora) == "merge":
             _add_lora_merged(patched, adapter, sites, getattr(model, "patches_uuid", None))

@@ -16,10 +16,13 @@ made (`project_keys_values`, in float32, each set in a product of its own: a fac
 depend on which other faces share its call). The adapter's identity projections are needed for that
 moment only (the adapter reads them from its file again, then lets them go). Each call only gathers the
 keys and values by row (`keys_values`), cast once to the call's dtype and device (`project`).
+
+The tokens of a model never change once made: which faces a call carries (the chunk of faces under
+sampling, see revpers_core.row_budget) is told by each call (``window``), never kept here, so a model and
+all its clones, which share these tokens, compute the same whatever any of them is running.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -31,6 +34,8 @@ NULL_SET = 0  # the token set of the null (zero) embedding
 IdentityWeights = Callable[[int], Tuple[torch.Tensor, torch.Tensor]]
 # per block: (K [S, T, inner], V [S, T, inner]) of every token set
 KeysValues = List[Tuple[torch.Tensor, torch.Tensor]]
+# (start, stop): a call carries faces start..stop-1 only; None: every face
+Window = Optional[Tuple[int, int]]
 
 
 def project_keys_values(token_sets: torch.Tensor, weights: IdentityWeights, blocks: int) -> KeysValues:
@@ -57,9 +62,11 @@ class IdentityTokens:
         self.face_sets = torch.as_tensor(face_sets, dtype=torch.long)
         self.scale = float(scale)
         self._float32 = projected  # per block (K, V) of every set, float32 on the CPU (`project_keys_values`)
-        self.window: Optional[Tuple[int, int]] = None  # (start, stop): the faces of the chunk under sampling
+        # caches of values computed from the above (never state): the casts per block, dtype and device, and
+        # the keys and values gathered by row for the call layout seen last (one layout at a time)
         self._projected: Dict[Tuple[int, torch.dtype], Tuple[torch.Tensor, torch.Tensor]] = {}
-        self._gathered: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self._gathered: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self._gathered_layout: Optional[tuple] = None
 
     @property
     def has_identity(self) -> bool:
@@ -69,22 +76,12 @@ class IdentityTokens:
     def faces(self) -> int:
         return int(self.face_sets.numel())
 
-    @contextlib.contextmanager
-    def chunk(self, start: int, stop: int):
-        """Within this, the conditional branch carries the tokens of faces start..stop-1 only (the chunk
-        of the batch under sampling; see revpers_core.row_budget)."""
-        self.window = (int(start), int(stop))
-        try:
-            yield self
-        finally:
-            self.window = None
-            self._gathered.clear()
-
     # -- routing ------------------------------------------------------------------------------
-    def row_sets(self, conditional: Sequence[bool], rows_per_branch: int) -> torch.Tensor:
+    def row_sets(self, conditional: Sequence[bool], rows_per_branch: int, window: Window = None) -> torch.Tensor:
         """The token set of each row of a call whose batch is made of branches (``conditional[i]``: part i
-        is the conditional branch) of ``rows_per_branch`` rows each, in that order."""
-        cond = self.face_sets if self.window is None else self.face_sets[self.window[0]:self.window[1]]
+        is the conditional branch) of ``rows_per_branch`` rows each, in that order. ``window`` (start, stop):
+        the call carries faces start..stop-1 only (one chunk of the faces); None: all of them."""
+        cond = self.face_sets if window is None else self.face_sets[int(window[0]):int(window[1])]
         if not self.has_identity:
             cond = torch.full((rows_per_branch,), NULL_SET, dtype=torch.long)
         elif cond.numel() != rows_per_branch:
@@ -105,30 +102,39 @@ class IdentityTokens:
         return cached
 
     def keys_values(self, block: int, conditional: Sequence[bool], rows_per_branch: int, device,
-                    dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(K, V) of the identity attention for every row of a call: [rows, T, inner] each. The same
-        tensors are handed to every call of one layout while a chunk is sampled."""
-        key = (block, tuple(bool(c) for c in conditional), int(rows_per_branch), self.window, str(device), dtype)
-        gathered = self._gathered.get(key)
+                    dtype: torch.dtype, window: Window = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(K, V) of the identity attention for every row of a call: [rows, T, inner] each (``window``: see
+        `row_sets`). The same tensors are handed to every call of one layout, as long as the calls keep it
+        (every call of one chunk's run); another layout lets them go."""
+        window = None if window is None else (int(window[0]), int(window[1]))
+        layout = (tuple(bool(c) for c in conditional), int(rows_per_branch), window, str(device), dtype)
+        if layout != self._gathered_layout:
+            self._gathered.clear()
+            self._gathered_layout = layout
+        gathered = self._gathered.get(block)
         if gathered is None:
             keys, values = self.project(block, device, dtype)
-            index = self.row_sets(conditional, rows_per_branch).to(keys.device)
-            gathered = self._gathered[key] = (keys.index_select(0, index), values.index_select(0, index))
+            index = self.row_sets(conditional, rows_per_branch, window).to(keys.device)
+            gathered = self._gathered[block] = (keys.index_select(0, index), values.index_select(0, index))
         return gathered
 
     def attend(self, q: torch.Tensor, text_out: torch.Tensor, block: int, conditional: Sequence[bool],
-               attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+               attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+               window: Window = None) -> torch.Tensor:
         """The identity attention of transformer block ``block``'s cross-attention: the text attention's
         output plus scale · attention(q, K_ip, V_ip), K_ip and V_ip the identity keys and values of each row
-        (``conditional`` tells the branches of the batch, in order; ``attention`` is the host's)."""
+        (``conditional`` tells the branches of the batch, in order; ``attention`` is the host's; ``window``
+        the faces the call carries, see `row_sets`)."""
         if q.shape[0] % len(conditional):
             raise ValueError(f"batch of {q.shape[0]} rows does not split into {len(conditional)} cond/uncond chunks")
-        ip_k, ip_v = self.keys_values(block, conditional, q.shape[0] // len(conditional), q.device, q.dtype)
+        ip_k, ip_v = self.keys_values(block, conditional, q.shape[0] // len(conditional), q.device, q.dtype,
+                                      window)
         return text_out + self.scale * attention(q, ip_k, ip_v)
 
     def to(self, device) -> "IdentityTokens":
         """Move the projected keys and values to ``device`` (the host moves a model's patches with it)."""
         self._gathered.clear()
+        self._gathered_layout = None
         for key, (keys, values) in list(self._projected.items()):
             if keys.device != torch.device(device):
                 self._projected[key] = (keys.to(device), values.to(device))

@@ -203,8 +203,8 @@ def test_the_model_receives_one_identity_and_modulation_per_person(comfy_inproce
     seen = []
     real_keys_values = identity.keys_values
 
-    def recording(block, conditional, rows_per_branch, device, dtype):
-        keys, values = real_keys_values(block, conditional, rows_per_branch, device, dtype)
+    def recording(block, conditional, rows_per_branch, device, dtype, window=None):
+        keys, values = real_keys_values(block, conditional, rows_per_branch, device, dtype, window)
         seen.append((list(conditional), keys.detach().clone()))
         return keys, values
 
