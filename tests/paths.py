@@ -1,4 +1,4 @@
-"""Where the tests find the repository, the ComfyUI host, the shared oracle and their artifacts."""
+"""Where the tests find the repository, the ComfyUI host, the oracle and their artifacts."""
 import os
 from pathlib import Path
 
@@ -6,8 +6,8 @@ from revpers_core.host import default_comfyui_dir
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = default_comfyui_dir()  # $COMFYUI_DIR, else .host/comfyui-$REVPERS_HOST (default 0.3.75)
-SHARED = Path(os.environ.get("REVPERS_SHARED") or REPO.parent / "shared")
-ORACLE = SHARED / "oracle"
+# the reference's numbers on tiny random weights (tests/data/oracle/README.md): part of the repository
+ORACLE = REPO / "tests" / "data" / "oracle"
 ARTIFACTS = Path(os.environ.get("REVPERS_ARTIFACTS") or REPO / "artifacts")
 
 
