@@ -9,14 +9,15 @@ import torch
 
 
 def standin_vae():
-    import comfy.ldm.models.autoencoder
     import comfy.sd
 
-    from revpers_core.standins.checkpoint import VAE_DDCONFIG
+    from revpers_core.standins.layout import checkpoint_layout
     from revpers_core.standins.values import checkpoint_value
 
-    ae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dict(VAE_DDCONFIG), embed_dim=4)
-    sd = {key: checkpoint_value(0, key, value.shape) for key, value in ae.state_dict().items()}
+    prefix = "first_stage_model."  # the VAE's tensors in the SD1.5 checkpoint layout, without it
+    shapes = {key[len(prefix):]: shape for key, (shape, _) in checkpoint_layout("sd15").items()
+              if key.startswith(prefix)}
+    sd = {key: checkpoint_value(0, key, shape) for key, shape in shapes.items()}
     return comfy.sd.VAE(sd=sd)
 
 

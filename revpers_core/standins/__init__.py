@@ -10,20 +10,22 @@ or from a shell: `python -m revpers_core.standins --models DIR --all` (see __mai
 ComfyUI-style models folder:
 
     checkpoints/revpers-standin-sdxl.safetensors   full SDXL key layout (2,515 keys, 6.9 GB, fp16)
-    checkpoints/revpers-standin-sd15.safetensors   full SD1.5 key layout (2.1 GB)
+    checkpoints/revpers-standin-sd15.safetensors   full SD1.5 key layout (1,131 keys, 2.1 GB, fp16)
     ipadapter/ip-adapter-faceid_sdxl.bin           IP-Adapter-FaceID layout, LoRA included
     ipadapter/ip-adapter-faceid_sd15.bin           (for an SD1.5 checkpoint)
     insightface/models/buffalo_l/*.onnx            InsightFace buffalo_l signatures
 
 Every file is deterministic for a seed, written atomically (temporary name, then rename) and kept when
-it already exists with the size and seed recorded in its `<file>.standin.json` marker. Files of the
-same kind and seed in the `reuse` models folders (say the quick start's and the tests') are hard-linked
-(or copied, across file systems) instead of generated again.
+it already exists with the size and seed (and, for a checkpoint, the digest of its key layout) recorded
+in its `<file>.standin.json` marker. Files of the same kind and seed in the `reuse` models folders (say
+the quick start's and the tests') are hard-linked (or copied, across file systems) instead of generated
+again.
 
-Modules: checkpoint.py (SDXL/SD1.5 layouts from ComfyUI's classes, streamed safetensors), faceid.py,
-buffalo_l.py, values.py (seeded values), store.py (markers, atomic writes, reuse), verify.py (a
-checkpoint through ComfyUI's loader, one sampling step and the VAE, in a child process). This module
-imports none of the heavy ones until asked to generate.
+Modules: layout.py (the standard SDXL/SD1.5 single-file key layouts, from the architectures' numbers),
+checkpoint.py (streamed safetensors), faceid.py, buffalo_l.py, values.py (seeded values), store.py
+(markers, atomic writes, reuse), verify.py (a checkpoint through ComfyUI's loader: every loaded weight
+against the file, one sampling step and the VAE, in a child process). Only verify.py needs ComfyUI. This
+module imports none of the heavy ones until asked to generate.
 """
 import time
 from pathlib import Path
@@ -48,7 +50,7 @@ BUFFALO_DIR = "insightface/models/buffalo_l"
 # full for one is said before writing starts.
 SIZES = {
     "checkpoint-sdxl": 6_938_041_288,
-    "checkpoint-sd15": 2_132_625_294,
+    "checkpoint-sd15": 2_132_626_038,
     "faceid-sdxl": 1_071_400_677,
     "faceid-sd15": 96_798_387,
 }
@@ -60,22 +62,22 @@ def _arch(arch):
     return arch
 
 
-def generate_checkpoint(models_dir, arch, seed=0, comfyui_dir=None, log=print, reuse=()) -> Path:
-    """The stand-in checkpoint of `arch` in `models_dir` (kept, taken from `reuse`, or generated with
-    the model classes of the ComfyUI in `comfyui_dir`, default the installed host)."""
+def generate_checkpoint(models_dir, arch, seed=0, log=print, reuse=()) -> Path:
+    """The stand-in checkpoint of `arch` in `models_dir` (kept, taken from `reuse`, or generated). A file
+    whose marker records another key layout than layout.py's (or none) is made again."""
+    from .layout import checkpoint_layout, layout_digest
+
     path = Path(models_dir) / CHECKPOINTS[_arch(arch)]
     kind = f"checkpoint-{arch}"
-    if already_there(path, kind, seed, reuse, log, lambda size: f"{size / 1e9:.2f} GB"):
+    digest = layout_digest(checkpoint_layout(arch))
+    if already_there(path, kind, seed, reuse, log, lambda size: f"{size / 1e9:.2f} GB", layout=digest):
         return path
     from .checkpoint import write_checkpoint
 
-    if comfyui_dir is None:
-        from ..host import default_comfyui_dir
-        comfyui_dir = default_comfyui_dir()
     ensure_space(path, SIZES[kind], f"the {arch.upper()} stand-in checkpoint")
     t0 = time.time()
-    keys, params = write_atomic(path, lambda tmp: write_checkpoint(tmp, arch, seed, comfyui_dir))
-    write_marker(path, kind, seed, keys=keys, params=params)
+    keys, params = write_atomic(path, lambda tmp: write_checkpoint(tmp, arch, seed))
+    write_marker(path, kind, seed, layout=digest, keys=keys, params=params)
     log(f"  {path}: {keys} keys, {params / 1e9:.2f} B params, {path.stat().st_size / 1e9:.2f} GB "
         f"in {time.time() - t0:.0f} s")
     return path
@@ -116,15 +118,14 @@ def generate_buffalo(models_dir, seed=0, log=print) -> Path:
     return folder
 
 
-def generate(models_dir, checkpoints=("sdxl",), faceid=True, buffalo=True, seed=0, comfyui_dir=None, log=print,
-             reuse=()) -> list:
+def generate(models_dir, checkpoints=("sdxl",), faceid=True, buffalo=True, seed=0, log=print, reuse=()) -> list:
     """Generate the stand-ins a job needs into `models_dir`: the checkpoint of each architecture in
     `checkpoints` ("sdxl", "sd15"), with `faceid` the FaceID adapter of each (SDXL's when no checkpoint is
     asked for), with `buffalo` the buffalo_l folder. Current files are kept; current files in the
     `reuse` models folders are taken instead of generating them again. `log` gets one line per file.
     Returns the paths."""
     archs = [_arch(a) for a in ([checkpoints] if isinstance(checkpoints, str) else checkpoints)]
-    out = [generate_checkpoint(models_dir, a, seed, comfyui_dir, log, reuse) for a in archs]
+    out = [generate_checkpoint(models_dir, a, seed, log, reuse) for a in archs]
     if faceid:
         out += [generate_faceid(models_dir, a, seed, log, reuse) for a in archs or ["sdxl"]]
     if buffalo:

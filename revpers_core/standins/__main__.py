@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from . import generate, verify_checkpoint
+from .verify import weight_problems
 
 
 def _parser():
@@ -23,8 +24,8 @@ def _parser():
                    help="IP-Adapter-FaceID .bin for each chosen checkpoint (SDXL's when none is chosen)")
     p.add_argument("--buffalo", action="store_true", help="the InsightFace buffalo_l ONNX files")
     p.add_argument("--all", action="store_true", help="SDXL checkpoint, its FaceID adapter and buffalo_l")
-    p.add_argument("--comfyui", default=None, help="ComfyUI folder whose classes give the checkpoint layouts "
-                   "(default: $COMFYUI_DIR, or .host/comfyui-$REVPERS_HOST, default 0.3.75)")
+    p.add_argument("--comfyui", default=None, help="with --verify: the ComfyUI folder to load the checkpoints with "
+                   "(default: $COMFYUI_DIR, or .host/comfyui-$REVPERS_HOST, default 0.3.75); generating needs none")
     p.add_argument("--reuse", action="append", default=[], metavar="DIR",
                    help="another models folder whose current stand-ins (same seed) are hard-linked or copied "
                    "instead of generated again (may be given more than once)")
@@ -46,17 +47,22 @@ def main(argv=None):
     print(f"stand-in weights (random values, NOT real models) into {a.models}, seed {a.seed}:", flush=True)
     archs = [arch for arch, on in (("sdxl", a.sdxl), ("sd15", a.sd15)) if on]
     try:
-        paths = generate(a.models, archs, a.faceid, a.buffalo, a.seed, a.comfyui,
-                         log=lambda s: print(s, flush=True), reuse=a.reuse)
-    except OSError as e:  # a missing host, a full disk (said before writing where it can be)
+        paths = generate(a.models, archs, a.faceid, a.buffalo, a.seed, log=lambda s: print(s, flush=True),
+                         reuse=a.reuse)
+    except OSError as e:  # a full disk (said before writing where it can be)
         raise SystemExit(f"error: {e}")
     if a.verify:
         for path in paths:
             if str(path).endswith(".safetensors"):
                 r = verify_checkpoint(path, a.comfyui, a.size, a.low_memory)
-                print(f"  verified {Path(path).name}: detected {r['model_config']}, finite={r['finite']}, "
+                weights = r.get("weights")
+                problems = weight_problems(weights) if weights else ["not detected as SDXL or SD1.5"]
+                print(f"  verified {Path(path).name}: detected {r['model_config']}, "
+                      f"{weights['compared'] if weights else 0} weights equal to the file's, finite={r['finite']}, "
                       f"load {r['load_s']} s, 1 step at {a.size}px {r['sample_s']} s, "
                       f"peak {r['peak_rss_gib']} GiB", flush=True)
+                if problems:
+                    raise SystemExit(f"error: {path} did not load whole: {'; '.join(problems[:10])}")
                 if not r["finite"]:
                     raise SystemExit(f"error: {path} produced non-finite values: {r}")
     print(f"done in {time.time() - t0:.0f} s", flush=True)
