@@ -1,6 +1,8 @@
 """Stand-in model files: the FaceID .bin against diffusers' own IP-Adapter-FaceID loaders on the real
 SDXL / SD1.5 UNet architectures, the streamed safetensors writer against the safetensors library,
-determinism and idempotency, and the checkpoints through ComfyUI's own loader (SDXL behind `sdxl`)."""
+determinism and idempotency, the checkpoint layouts against the published numbers, diffusers' UNet and the
+host ComfyUI's own saving code, and the checkpoints through ComfyUI's own loader, every weight compared
+with the file (SDXL behind `sdxl`)."""
 import json
 import os
 import subprocess
@@ -13,7 +15,7 @@ import torch
 from paths import REPO
 from standin_models import QUICKSTART_MODELS
 from revpers_core import standins
-from revpers_core.standins import faceid
+from revpers_core.standins import faceid, layout
 from revpers_core.standins.__main__ import main as standins_main
 from revpers_core.standins.checkpoint import write_safetensors_streamed
 from revpers_core.standins.values import checkpoint_value
@@ -201,34 +203,310 @@ def test_the_command_line_generates_files_identical_to_the_function_and_keeps_th
     assert len(made) == 5 and made == want
 
 
-def _check_checkpoint(arch, expected_keys, expected_class):
+# --- checkpoints: the layout itself (no ComfyUI) ------------------------------------------------------
+
+# Published parameter counts of each part (diffusers' UNet2DConditionModel and AutoencoderKL, Hugging
+# Face's CLIPTextModel for ViT-L/14, OpenCLIP ViT-bigG/14's text tower with its projection and logit scale).
+PART_PARAMETERS = {
+    "sdxl": {"model.diffusion_model.": 2_567_463_684, "first_stage_model.": 83_653_863,
+             "conditioner.embedders.0.": 123_060_480, "conditioner.embedders.1.": 694_659_841},
+    "sd15": {"model.diffusion_model.": 859_520_964, "first_stage_model.": 83_653_863,
+             "cond_stage_model.": 123_060_480},
+}
+F16, I64 = torch.float16, torch.int64
+KNOWN_TENSORS = {  # key: shape, as in sd_xl_base_1.0.safetensors / v1-5-pruned-emaonly.safetensors
+    "sdxl": {
+        "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+        "model.diffusion_model.time_embed.0.weight": (1280, 320),
+        "model.diffusion_model.label_emb.0.0.weight": (1280, 2816),
+        "model.diffusion_model.label_emb.0.2.bias": (1280,),
+        "model.diffusion_model.input_blocks.3.0.op.weight": (320, 320, 3, 3),
+        "model.diffusion_model.input_blocks.4.0.skip_connection.weight": (640, 320, 1, 1),
+        "model.diffusion_model.input_blocks.4.1.proj_in.weight": (640, 640),
+        "model.diffusion_model.input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight": (640, 2048),
+        "model.diffusion_model.input_blocks.8.1.transformer_blocks.9.ff.net.0.proj.weight": (10240, 1280),
+        "model.diffusion_model.input_blocks.8.1.transformer_blocks.9.ff.net.2.weight": (1280, 5120),
+        "model.diffusion_model.middle_block.1.transformer_blocks.9.norm3.bias": (1280,),
+        "model.diffusion_model.middle_block.2.emb_layers.1.weight": (1280, 1280),
+        "model.diffusion_model.output_blocks.0.0.skip_connection.weight": (1280, 2560, 1, 1),
+        "model.diffusion_model.output_blocks.2.0.in_layers.2.weight": (1280, 1920, 3, 3),
+        "model.diffusion_model.output_blocks.2.2.conv.weight": (1280, 1280, 3, 3),
+        "model.diffusion_model.output_blocks.5.2.conv.weight": (640, 640, 3, 3),
+        "model.diffusion_model.output_blocks.8.0.in_layers.2.weight": (320, 640, 3, 3),
+        "model.diffusion_model.out.2.weight": (4, 320, 3, 3),
+        "first_stage_model.encoder.conv_out.weight": (8, 512, 3, 3),
+        "first_stage_model.decoder.up.0.block.0.nin_shortcut.weight": (128, 256, 1, 1),
+        "first_stage_model.decoder.mid.attn_1.q.weight": (512, 512, 1, 1),
+        "first_stage_model.quant_conv.weight": (8, 8, 1, 1),
+        "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
+        "conditioner.embedders.0.transformer.text_model.encoder.layers.11.mlp.fc1.weight": (3072, 768),
+        "conditioner.embedders.0.transformer.text_model.final_layer_norm.bias": (768,),
+        "conditioner.embedders.1.model.token_embedding.weight": (49408, 1280),
+        "conditioner.embedders.1.model.positional_embedding": (77, 1280),
+        "conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_weight": (3840, 1280),
+        "conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_bias": (3840,),
+        "conditioner.embedders.1.model.transformer.resblocks.0.mlp.c_fc.weight": (5120, 1280),
+        "conditioner.embedders.1.model.transformer.resblocks.0.mlp.c_proj.weight": (1280, 5120),
+        "conditioner.embedders.1.model.ln_final.weight": (1280,),
+        "conditioner.embedders.1.model.text_projection": (1280, 1280),
+        "conditioner.embedders.1.model.logit_scale": (),
+    },
+    "sd15": {
+        "model.diffusion_model.input_blocks.1.1.proj_in.weight": (320, 320, 1, 1),
+        "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768),
+        "model.diffusion_model.input_blocks.9.0.op.weight": (1280, 1280, 3, 3),
+        "model.diffusion_model.input_blocks.11.0.in_layers.2.weight": (1280, 1280, 3, 3),
+        "model.diffusion_model.middle_block.1.transformer_blocks.0.attn1.to_out.0.bias": (1280,),
+        "model.diffusion_model.output_blocks.2.1.conv.weight": (1280, 1280, 3, 3),
+        "model.diffusion_model.output_blocks.5.2.conv.weight": (1280, 1280, 3, 3),
+        "model.diffusion_model.output_blocks.8.2.conv.weight": (640, 640, 3, 3),
+        "model.diffusion_model.output_blocks.11.1.proj_out.weight": (320, 320, 1, 1),
+        "first_stage_model.decoder.conv_out.weight": (3, 128, 3, 3),
+        "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight": (77, 768),
+        "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.bias": (768,),
+    },
+}
+POSITION_IDS = {"sdxl": "conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
+                "sd15": "cond_stage_model.transformer.text_model.embeddings.position_ids"}
+KEY_COUNTS = {"sdxl": 2515, "sd15": 1131}
+
+
+def _numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+@pytest.mark.parametrize("arch", ["sdxl", "sd15"])
+def test_checkpoint_layout_is_the_standard_single_file_layout(arch):
+    """The layout our own code works out: the key count of the real files (sd_xl_base_1.0: 2,515), the
+    shapes of known tensors, each part's published parameter count, float16 everywhere but CLIP-L's int64
+    position ids, and nothing under a prefix a real file does not have."""
+    lay = layout.checkpoint_layout(arch)
+    assert len(lay) == KEY_COUNTS[arch]
+    assert list(lay) == sorted(lay)
+    for key, shape in KNOWN_TENSORS[arch].items():
+        assert lay.get(key) == (shape, F16), key
+    assert lay[POSITION_IDS[arch]] == ((1, 77), I64)
+    assert [k for k, (_, dtype) in lay.items() if dtype != F16] == [POSITION_IDS[arch]]
+    parts = PART_PARAMETERS[arch]
+    assert all(any(k.startswith(p) for p in parts) for k in lay), "a key outside the checkpoint's parts"
+    for prefix, params in parts.items():
+        assert sum(_numel(s) for k, (s, d) in lay.items() if k.startswith(prefix) and d == F16) == params, prefix
+    assert layout.parameter_count(lay) == sum(parts.values())
+    assert ("model.diffusion_model.label_emb.0.0.weight" in lay) == (arch == "sdxl")
+    if arch == "sdxl":  # SDXL's full-resolution level has no attention
+        assert not any(k.startswith("model.diffusion_model.input_blocks.1.1.") for k in lay)
+    # text encoder or VAE tensors under the UNet's prefix: what ComfyUI 0.33's saving code writes when it is
+    # given the text encoders where it now takes the UNet
+    assert not any(k.startswith(("model.diffusion_model.clip_", "model.diffusion_model.encoder.")) for k in lay)
+
+
+@pytest.mark.parametrize("arch", ["sdxl", "sd15"])
+def test_checkpoint_unet_has_the_tensor_shapes_of_diffusers_unet(arch):
+    """An independent implementation of the same UNet (diffusers', another naming): the same number of
+    tensors with the same shapes (a 1x1-conv or linear proj_in/proj_out alike)."""
+    lay = layout.checkpoint_layout(arch)
+    ours = sorted(shape for k, (shape, _) in lay.items() if k.startswith("model.diffusion_model."))
+    theirs = sorted(tuple(t.shape) for t in meta_unet(arch).state_dict().values())
+    assert ours == theirs
+
+
+def test_layout_digest_follows_keys_shapes_and_dtypes():
+    lay = layout.checkpoint_layout("sd15")
+    digest = layout.layout_digest(lay)
+    assert digest == layout.layout_digest(dict(reversed(list(lay.items()))))
+    renamed = dict(lay)
+    renamed["model.diffusion_model.out.2.biaz"] = renamed.pop("model.diffusion_model.out.2.bias")
+    reshaped = dict(lay, **{"model.diffusion_model.out.2.bias": ((5,), F16)})
+    retyped = dict(lay, **{POSITION_IDS["sd15"]: ((1, 77), torch.float32)})
+    assert len({digest, layout.layout_digest(renamed), layout.layout_digest(reshaped),
+                layout.layout_digest(retyped), layout.layout_digest(layout.checkpoint_layout("sdxl"))}) == 5
+
+
+def test_a_checkpoint_of_another_layout_is_made_again(tmp_path, monkeypatch):
+    """A checkpoint whose marker records no layout (written before layout.py, by ComfyUI's saving code) or
+    another one is regenerated, and is not taken from a `reuse` folder; one with the current layout is
+    kept. (The writer is replaced by a small one: what is tested is which files are kept.)"""
+    from revpers_core.standins import checkpoint, store
+
+    written = []
+
+    def small_writer(path, arch, seed):
+        Path(path).write_bytes(b"new layout")
+        written.append(arch)
+        return 1, 1
+
+    monkeypatch.setattr(checkpoint, "write_checkpoint", small_writer)
+    models, other = tmp_path / "models", tmp_path / "other"
+    for folder in (models, other):  # what the code before layout.py left: a marker without a layout
+        path = folder / standins.CHECKPOINTS["sd15"]
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"old layout")
+        store.write_marker(path, "checkpoint-sd15", 0, keys=446)
+    path = models / standins.CHECKPOINTS["sd15"]
+    digest = layout.layout_digest(layout.checkpoint_layout("sd15"))
+    assert store.is_current(path, "checkpoint-sd15", 0) and not store.is_current(path, "checkpoint-sd15", 0, digest)
+
+    standins.generate_checkpoint(models, "sd15", seed=0, log=lambda s: None, reuse=[other])
+    assert written == ["sd15"] and path.read_bytes() == b"new layout"
+    assert store.read_marker(store.marker_path(path))["layout"] == digest
+    standins.generate_checkpoint(models, "sd15", seed=0, log=lambda s: None, reuse=[other])
+    assert written == ["sd15"]  # kept
+    store.write_marker(path, "checkpoint-sd15", 0, layout="0123456789abcdef")
+    standins.generate_checkpoint(models, "sd15", seed=0, log=lambda s: None)
+    assert written == ["sd15", "sd15"]
+    # a current file in another folder is hard-linked, not written
+    fresh = tmp_path / "fresh"
+    standins.generate_checkpoint(fresh, "sd15", seed=0, log=lambda s: None, reuse=[models])
+    assert written == ["sd15", "sd15"] and (fresh / standins.CHECKPOINTS["sd15"]).read_bytes() == b"new layout"
+
+
+# --- checkpoints: the layout against the host's own classes --------------------------------------------
+
+# The UNet configurations of ComfyUI's model detection for SDXL base and SD1.5.
+HOST_UNET_CONFIGS = {
+    "sdxl": dict(use_checkpoint=False, image_size=32, in_channels=4, out_channels=4, model_channels=320,
+                 num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 10, 10],
+                 transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], transformer_depth_middle=10,
+                 context_dim=2048, num_head_channels=64, use_linear_in_transformer=True,
+                 use_spatial_transformer=True, legacy=False, num_classes="sequential", adm_in_channels=2816,
+                 use_temporal_attention=False, use_temporal_resblock=False),
+    "sd15": dict(use_checkpoint=False, image_size=32, in_channels=4, out_channels=4, model_channels=320,
+                 num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4],
+                 transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                 transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1,
+                 context_dim=768, num_heads=8, use_linear_in_transformer=False, use_spatial_transformer=True,
+                 legacy=False, adm_in_channels=None, use_temporal_attention=False, use_temporal_resblock=False),
+}
+
+
+def _host_saved_layout(arch):
+    """{key: shape} of the checkpoint the host's own model classes save (built on the meta device), or
+    None when its saving method takes neither known form: (clip, vae) with the UNet its own, as
+    0.3.75's; (unet, clip, vae), as 0.33's."""
+    import inspect
+
+    import comfy.ldm.models.autoencoder
+    import comfy.model_detection
+
+    with torch.device("meta"), torch.no_grad():
+        model_config = comfy.model_detection.model_config_from_unet_config(
+            dict(HOST_UNET_CONFIGS[arch], dtype=torch.float16))
+        assert model_config is not None, f"this ComfyUI does not recognise the {arch} UNet"
+        model = model_config.get_model({}, device="meta")
+        clip = model_config.clip_target().clip(device="meta", dtype=torch.float16)
+        vae = comfy.ldm.models.autoencoder.AutoencoderKL(
+            ddconfig=dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128,
+                          ch_mult=[1, 2, 4, 4], num_res_blocks=2, attn_resolutions=[], dropout=0.0), embed_dim=4)
+        first = next(iter(inspect.signature(model.state_dict_for_saving).parameters), None)
+        if first == "clip_state_dict":
+            saved = model.state_dict_for_saving(clip.state_dict(), vae.state_dict())
+        elif first == "unet_state_dict":
+            saved = model.state_dict_for_saving(model.diffusion_model.state_dict(), clip.state_dict(),
+                                                vae.state_dict())
+        else:
+            return None
+    return {k: tuple(v.shape) for k, v in saved.items()}
+
+
+@pytest.mark.parametrize("arch", ["sdxl", "sd15"])
+def test_checkpoint_layout_equals_what_the_hosts_classes_save(arch, comfy_inprocess):
+    """Key for key and shape for shape, the layout is what the host ComfyUI's own model classes write when
+    saving a checkpoint (an independent implementation), but for CLIP-L's position ids, which real SD1.5
+    files carry and ComfyUI's SD1.5 saver leaves out."""
+    saved = _host_saved_layout(arch)
+    if saved is None:
+        pytest.skip("this ComfyUI's state_dict_for_saving takes neither (clip, vae) nor (unet, clip, vae)")
+    ours = {k: shape for k, (shape, _) in layout.checkpoint_layout(arch).items()}
+    assert sorted(set(saved) - set(ours)) == []
+    assert sorted(set(ours) - set(saved)) in ([], [POSITION_IDS[arch]])
+    assert [k for k in saved if saved[k] != ours[k]] == []
+
+
+# --- checkpoints: through the host's loader ------------------------------------------------------------
+
+# ComfyUI's CLIP-L tensors that SD checkpoints do not have (they use CLIP-L's hidden states, not its
+# projection): the only loaded tensors that may not come from the file.
+HOST_ONLY_TENSORS = {"clip_l.logit_scale", "clip_l.transformer.text_projection.weight"}
+
+
+def _check_checkpoint(arch, expected_class, low_memory=False):
+    """Generate (or keep) the stand-in, check its header against the layout, load it through the host's
+    loader in a child process (verify.py): detected as `expected_class`, finite through one step."""
     # the quick start's file when it has one (hard-linked): the SDXL one is 6.9 GB of disk
     path = standins.generate_checkpoint(TEST_MODELS, arch, seed=0, reuse=[QUICKSTART_MODELS])
     from safetensors import safe_open
     with safe_open(path, "pt") as f:
-        keys = list(f.keys())
         assert f.metadata()["revpers_standin"] == arch
-    assert len(keys) == expected_keys
+        header = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    st = {F16: "F16", I64: "I64"}
+    assert header == {k: (shape, st[dtype]) for k, (shape, dtype) in layout.checkpoint_layout(arch).items()}
     assert path.stat().st_size == standins.SIZES[f"checkpoint-{arch}"]
-    report = standins.verify_checkpoint(path, low_memory=(arch == "sdxl"))
+    report = standins.verify_checkpoint(path, low_memory=low_memory)
     assert report["model_config"] == expected_class
     assert report["finite"], report
     return report
 
 
-def test_sd15_checkpoint_is_detected_and_runs_finite():
+def _assert_loaded_whole(weights, arch):
+    """Every tensor of the loaded UNet, text encoders and VAE equals the file's; the only loaded tensors
+    the file lacks are ComfyUI's CLIP-L projection and logit scale (SD files have none), the only file
+    tensor loaded into nothing is CLIP-L's position ids (ComfyUI makes its own)."""
+    assert set(weights["not_from_file"]) <= HOST_ONLY_TENSORS, weights["not_from_file"]
+    assert set(weights["not_from_file"].values()) <= {"not in the file"}, weights["not_from_file"]
+    assert weights["unused"] == [POSITION_IDS[arch]]
+    # each file tensor loads into one tensor, but for OpenCLIP's fused q/k/v, which ComfyUI splits in three
+    fused = 2 * 2 * 32 if arch == "sdxl" else 0
+    assert weights["compared"] == KEY_COUNTS[arch] - 1 + fused
+
+
+def test_sd15_checkpoint_loads_whole_and_runs_finite():
     """SD1.5 stand-in (2.1 GB, generated once into .host/test-models): ComfyUI's own loader detects
-    it as SD15; CLIP, one sampling step and the VAE both ways give finite numbers."""
-    report = _check_checkpoint("sd15", 1130, "SD15")
-    print(report)
+    it as SD15, every weight it loads came from the file and nothing of the file is left over; CLIP, one
+    sampling step and the VAE both ways give finite numbers."""
+    report = _check_checkpoint("sd15", "SD15")
+    _assert_loaded_whole(report["weights"], "sd15")
+    print({k: v for k, v in report.items() if k != "weights"})
 
 
 @pytest.mark.sdxl
-def test_sdxl_checkpoint_is_detected_and_runs_finite():
+def test_sdxl_checkpoint_loads_whole_and_runs_finite():
     """The full-size SDXL stand-in: 2,515 keys, detected as SDXL by load_checkpoint_guess_config
-    (what CheckpointLoaderSimple calls), finite through one step and the VAE (UNet in bf16)."""
-    report = _check_checkpoint("sdxl", 2515, "SDXL")
-    print(report)
+    (what CheckpointLoaderSimple calls), every weight loaded from the file (UNet in bf16), finite through
+    one step and the VAE."""
+    report = _check_checkpoint("sdxl", "SDXL", low_memory=True)
+    _assert_loaded_whole(report["weights"], "sdxl")
+    print({k: v for k, v in report.items() if k != "weights"})
+
+
+def test_a_misnamed_tensor_is_found_by_the_load_check(tmp_path):
+    """The load check can fail: the SD1.5 stand-in with one UNet tensor renamed (header rewritten, same
+    length) still loads as SD15, and the check names the weight ComfyUI left at its initial value (some
+    hosts leave it uninitialised, so the numbers need not be finite) and the file's tensor it loaded into
+    nothing."""
+    import shutil
+    import struct
+
+    good = standins.generate_checkpoint(TEST_MODELS, "sd15", seed=0, reuse=[QUICKSTART_MODELS])
+    name = "model.diffusion_model.output_blocks.4.0.emb_layers.1.bias"
+    wrong = name[:-1] + "5"
+    bad = tmp_path / "misnamed.safetensors"
+    with open(good, "rb") as src, open(bad, "wb") as dst:
+        n = struct.unpack("<Q", src.read(8))[0]
+        header = src.read(n)
+        assert header.count(f'"{name}"'.encode()) == 1
+        dst.write(struct.pack("<Q", n) + header.replace(f'"{name}"'.encode(), f'"{wrong}"'.encode()))
+        shutil.copyfileobj(src, dst, 64 << 20)
+    report = standins.verify_checkpoint(bad)
+    assert report["model_config"] == "SD15"
+    weights = report["weights"]
+    unexplained = {k: why for k, why in weights["not_from_file"].items() if k not in HOST_ONLY_TENSORS}
+    assert unexplained == {"output_blocks.4.0.emb_layers.1.bias": "not in the file"}
+    assert weights["unused"] == sorted([wrong, POSITION_IDS["sd15"]])
+    with pytest.raises(AssertionError):
+        _assert_loaded_whole(weights, "sd15")
 
 
 def test_a_disk_too_full_for_a_standin_is_said_before_writing(tmp_path, monkeypatch, capsys):
