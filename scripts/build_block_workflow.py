@@ -6,7 +6,10 @@ The flat workflows/anonymize_photo.json is the source. The real web UI of the lo
 Chromium) loads it and, with the front end's own "convert to subgraph", folds every stage into one
 node; only the checkpoint loader, the photo, the save node and the note stay outside. The block then
 takes the photo, the checkpoint's model, CLIP and VAE, the guidance (one knob for the inversion and
-the sampler, which must agree) and the attribute text, and gives the photo and the audit's report.
+the sampler, which must agree), the attribute text and the inversion's seed, and gives the photo and
+the audit's report. The three knobs are inputs of the subgraph, which front ends show as widgets on
+the node; no inner widget is promoted (`proxyWidgets`), which front ends since mid-2026 turn into
+links when a workflow loads.
 Its inner nodes keep their ids, so the prompt the front end queues for the block is the flat API
 workflow, node for node, with the block's id as a path prefix (the browser test checks that); ComfyUI
 caches on that prompt, so a guidance-only change still re-runs only the sampler onward.
@@ -34,14 +37,15 @@ Anonymize every face in a photo, with the stages inside one node.
 Anonymize Faces holds the whole method: Detect and Align, ArcFace Embedding, the two Identity \
 Conditioning branches, Invert, Attribute Text, Anonymized Sampler, VAE Decode, Paste Back and the \
 Audit. Give it the photo and the checkpoint; set guidance (how far from the person's identity, \
-negative: -10 is the paper's) and attribute text ("an old man"; empty for none). It gives the \
+negative: -10 is the paper's), attribute text ("an old man"; empty for none) and the seed of the \
+inversion's noise. It gives the \
 anonymized photo, which the audit has checked (a face still recognizable stops the run, so nothing \
 is saved), and the audit's report as text. Open it (the icon at its top right) to see and change \
 every stage; what it queues is exactly anonymize_photo.json, so a change re-runs only the stages \
 it touches.
 
-Needs a front end with subgraphs (tested: 1.32.9, served by ComfyUI 0.3.75); on older front ends \
-use anonymize_photo.json.
+Needs a front end with subgraphs (tested: 1.32.9 with ComfyUI 0.3.75, 1.49.6 with ComfyUI 0.33); \
+on older front ends use anonymize_photo.json.
 
 Models: models/checkpoints/sd_xl_base_1.0.safetensors (any SDXL checkpoint), \
 models/ipadapter/ip-adapter-faceid_sdxl.bin, models/insightface/models/buffalo_l/*.onnx; for the \
@@ -66,10 +70,14 @@ FOLD = """([outside, name, note]) => {
     guidance.connect(slot(inner(26), 'guidance'), inner(26));
     const attribute = g.addInput('attribute text', 'STRING');
     attribute.connect(slot(inner(27), 'text'), inner(27));
+    const seed = g.addInput('seed', 'INT');
+    seed.connect(slot(inner(25), 'seed'), inner(25));
     const report = g.addOutput('report', 'STRING');
     report.connect(inner(30).outputs.find(o => o.name === 'text'), inner(30));
-    // on the node: the two inputs above as widgets, and the inversion's seed
-    node.properties.proxyWidgets = [['-1', 'guidance'], ['-1', 'attribute text'], ['25', 'seed']];
+    // The three inputs above show on the node as widgets because they are inputs of the subgraph, linked
+    // to widgets inside: no promoted inner widget (front ends since mid-2026 turn such promotions into
+    // links when a workflow loads).
+    delete node.properties.proxyWidgets;
     node.setSize(node.computeSize());
 
     // outside: loaders on the left, the block, then the save node; the note below

@@ -131,9 +131,12 @@ def test_block_workflow_loads_opens_and_queues_the_flat_api_workflow(page, front
                 widgets: Object.fromEntries((n.widgets ?? []).map(w => [w.name, w.value]))};
     }""", definition["id"])
     assert block["title"] == "Anonymize Faces"
-    assert block["inputs"] == ["photo", "model", "clip", "vae", "guidance", "attribute text"]
+    assert block["inputs"] == ["photo", "model", "clip", "vae", "guidance", "attribute text", "seed"]
     assert block["outputs"] == ["photo", "report"]
     assert block["widgets"]["guidance"] == api["25"]["inputs"]["guidance"] == api["26"]["inputs"]["guidance"]
+    assert block["widgets"]["seed"] == api["25"]["inputs"]["seed"]
+    # no promoted inner widget: front ends since mid-2026 turn those into links when the file loads
+    assert "proxyWidgets" not in next(n for n in ui["nodes"] if n["type"] == definition["id"]).get("properties", {})
 
     queued = graph_to_prompt(page)
     inside = {str(n["id"]) for n in definition["nodes"]}

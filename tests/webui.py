@@ -61,12 +61,15 @@ def broken_links(page, subgraph=None):
         const graph = name == null ? app.graph
             : [...app.graph.subgraphs.values()].find(g => g.name === name);
         if (!graph) return [`no subgraph named ${name}`];
-        const INPUT_NODE = -10, OUTPUT_NODE = -20;
+        // node ids are numbers in some front ends and strings in others: compared as strings
+        const INPUT_NODE = '-10', OUTPUT_NODE = '-20';
+        const links = graph.links instanceof Map ? [...graph.links.values()] : Object.values(graph.links ?? {});
+        const linkById = (id) => graph.links instanceof Map ? graph.links.get(id) : graph.links[id];
         const bad = [];
-        for (const link of Object.values(graph.links ?? {})) {
+        for (const link of links) {
             if (!link) continue;
             let out, inp;
-            if (link.origin_id === INPUT_NODE) {
+            if (String(link.origin_id) === INPUT_NODE) {
                 const sin = graph.inputs?.[link.origin_slot];
                 if (!sin || !sin.linkIds.includes(link.id)) bad.push(`link ${link.id}: subgraph input ${link.origin_slot} does not list it`);
             } else {
@@ -75,7 +78,7 @@ def broken_links(page, subgraph=None):
                 if (!out) { bad.push(`link ${link.id}: missing origin ${link.origin_id}.${link.origin_slot}`); continue; }
                 if (!(out.links ?? []).includes(link.id)) bad.push(`link ${link.id}: output ${from.type}.${out.name} does not list it`);
             }
-            if (link.target_id === OUTPUT_NODE) {
+            if (String(link.target_id) === OUTPUT_NODE) {
                 const sout = graph.outputs?.[link.target_slot];
                 if (!sout || !sout.linkIds.includes(link.id)) bad.push(`link ${link.id}: subgraph output ${link.target_slot} does not list it`);
             } else {
@@ -87,7 +90,7 @@ def broken_links(page, subgraph=None):
         }
         for (const node of graph._nodes) {
             for (const inp of node.inputs ?? []) {
-                if (inp.link != null && !graph.links[inp.link]) bad.push(`${node.type}.${inp.name}: dangling link ${inp.link}`);
+                if (inp.link != null && !linkById(inp.link)) bad.push(`${node.type}.${inp.name}: dangling link ${inp.link}`);
             }
         }
         return bad;
