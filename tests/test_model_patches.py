@@ -1,7 +1,7 @@
 """What the FaceID patches cost, counted on the oracle's tiny SDXL inside ComfyUI: the LoRA is held as the
 file's own low-rank factors (bytes counted in the host's patches), the identity attention keeps only the
 projected keys and values of its token sets, and a warm re-run of a prompt loads and patches nothing (host
-load events and weight patch computations counted). Runs on every installed host (REVPERS_HOST)."""
+load events and weight patch computations counted). Runs on the host the tests use (COMFYUI_DIR)."""
 import logging
 
 import pytest
