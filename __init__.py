@@ -1,8 +1,9 @@
 """Reverse Personalization for ComfyUI: face anonymization by negative identity guidance.
 
 ComfyUI imports this package from its custom_nodes folder. Everything here only registers the pack:
-the model folders it reads, and the node classes from `nodes/`. The method itself lives in
-`revpers_core`, which never imports ComfyUI.
+the model folders it reads, and the nodes of `nodes/` through ComfyUI's V3 extension entry point
+(`comfy_entrypoint`, returning a ComfyExtension whose node list ComfyUI registers). The method itself
+lives in `revpers_core`, which never imports ComfyUI.
 """
 import os
 import sys
@@ -17,16 +18,25 @@ try:
     import folder_paths  # noqa: F401  (exists only inside ComfyUI)
 except ImportError:
     # Imported outside ComfyUI (pytest collecting this folder, a linter): there is no host to
-    # register nodes with. revpers_core stays usable on its own.
-    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
+    # register nodes with, and no entry point is offered. revpers_core stays usable on its own.
+    pass
 else:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from comfy_api.v0_0_2 import ComfyExtension
+
+    from .nodes import NODE_LIST
     from .nodes.common import register_model_folders
 
     register_model_folders()
 
+    class ReversePersonalization(ComfyExtension):
+        async def get_node_list(self):
+            return list(NODE_LIST)
+
+    async def comfy_entrypoint():
+        """ComfyUI's V3 entry point (the pack defines no NODE_CLASS_MAPPINGS, which would take precedence)."""
+        return ReversePersonalization()
+
 WEB_DIRECTORY = "./web"  # web/revpers.js: what the nodes report after a run, shown on the nodes
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
 
 
 def _warn_about_environment():

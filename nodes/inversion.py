@@ -1,7 +1,9 @@
 """Inverse diffusion: edit-friendly DDPM inversion of face latents."""
+from comfy_api.v0_0_2 import io
+
 from revpers_core import solver
 
-from .common import INVERSION, MAX_ROWS_INPUT, Progress, category
+from .common import Inversion, Progress, category, max_rows_input
 from ._diffusion_runs import run_inversion
 from ._identity_attention import identity_of
 
@@ -25,55 +27,56 @@ def _check_latent(latent):
     return samples
 
 
-class RevPersInvert:
-    DESCRIPTION = (
-        "Edit-friendly DDPM inversion (SDE-DPM-Solver++ 2M), the paper's first stage: finds the start latent x_T and "
-        "the noise map of every step such that replaying the solver reproduces the input faces exactly. All faces of "
-        "the batch are inverted together, one model call per step (in chunks when they exceed max_rows). Use the MODEL from Identity Conditioning WITHOUT "
-        "an embedding, 'conditioning' = CLIP Text Encode of an empty prompt and 'unconditional' = Attribute Text "
-        "with empty text (zeros), and the same guidance as the sampler.")
+class RevPersInvert(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RevPersInvert",
+            display_name="Invert (RevPers)",
+            category=category("Diffusion"),
+            description=(
+                "Edit-friendly DDPM inversion (SDE-DPM-Solver++ 2M), the paper's first stage: finds the start latent "
+                "x_T and the noise map of every step such that replaying the solver reproduces the input faces "
+                "exactly. All faces of the batch are inverted together, one model call per step (in chunks when "
+                "they exceed max_rows). Use the MODEL from Identity Conditioning WITHOUT an embedding, "
+                "'conditioning' = CLIP Text Encode of an empty prompt and 'unconditional' = Attribute Text with "
+                "empty text (zeros), and the same guidance as the sampler."),
+            inputs=[
+                io.Model.Input("model", tooltip="Identity Conditioning output with no embedding (adapter active, null "
+                                                "identity on both branches)."),
+                io.Latent.Input("latent", tooltip="VAE-encoded face crops, one per face."),
+                io.Conditioning.Input("conditioning", tooltip="Conditional branch: CLIP Text Encode of \"\"."),
+                io.Conditioning.Input("unconditional", tooltip="Unconditional branch: zeros (Attribute Text with "
+                                                               "empty text)."),
+                io.Float.Input("guidance", default=-10.0, min=-30.0, max=30.0, step=0.5,
+                               tooltip="Guidance scale of the inversion; the reference inverts with the sampler's "
+                                       "-10."),
+                io.Int.Input("steps", default=solver.DEFAULT_STEPS, min=solver.MIN_STEPS, max=solver.MAX_STEPS,
+                             tooltip=f"Solver steps (the paper uses {solver.DEFAULT_STEPS})."),
+                io.Float.Input(
+                    "skip", default=solver.DEFAULT_SKIP, min=solver.SKIP_MIN, max=solver.SKIP_MAX, step=0.01,
+                    round=False,
+                    tooltip="Fraction of the noise schedule skipped at the noisy end: higher keeps more of the "
+                            "input (pose, light, background), lower changes more. 0.7 = timesteps 299..1."),
+                io.Int.Input("seed", default=0, min=0, max=solver.MAX_SEED,
+                             tooltip="Seed of the noise drawn for the inversion (each face uses it alike)."),
+                max_rows_input(),
+            ],
+            outputs=[
+                Inversion.Output(display_name="inversion",
+                                 tooltip="x_T, the noise maps and the schedule, for the Anonymized Sampler."),
+                io.Latent.Output(display_name="x_T", tooltip="The inverted start latent x_T (for inspection)."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "Identity Conditioning output with no embedding (adapter active, null "
-                                               "identity on both branches)."}),
-                "latent": ("LATENT", {"tooltip": "VAE-encoded face crops, one per face."}),
-                "conditioning": ("CONDITIONING", {"tooltip": "Conditional branch: CLIP Text Encode of \"\"."}),
-                "unconditional": ("CONDITIONING", {"tooltip": "Unconditional branch: zeros (Attribute Text with "
-                                                              "empty text)."}),
-                "guidance": ("FLOAT", {
-                    "default": -10.0, "min": -30.0, "max": 30.0, "step": 0.5,
-                    "tooltip": "Guidance scale of the inversion; the reference inverts with the sampler's -10."}),
-                "steps": ("INT", {"default": solver.DEFAULT_STEPS, "min": solver.MIN_STEPS, "max": solver.MAX_STEPS,
-                                  "tooltip": f"Solver steps (the paper uses {solver.DEFAULT_STEPS})."}),
-                "skip": ("FLOAT", {
-                    "default": solver.DEFAULT_SKIP, "min": solver.SKIP_MIN, "max": solver.SKIP_MAX, "step": 0.01,
-                    "round": False,
-                    "tooltip": "Fraction of the noise schedule skipped at the noisy end: higher keeps more of the "
-                               "input (pose, light, background), lower changes more. 0.7 = timesteps 299..1."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": solver.MAX_SEED,
-                                 "tooltip": "Seed of the noise drawn for the inversion (each face uses it alike)."}),
-            },
-            "optional": {"max_rows": MAX_ROWS_INPUT},
-        }
-
-    RETURN_TYPES = (INVERSION, "LATENT")
-    RETURN_NAMES = ("inversion", "x_T")
-    OUTPUT_TOOLTIPS = ("x_T, the noise maps and the schedule, for the Anonymized Sampler.",
-                       "The inverted start latent x_T (for inspection).")
-    FUNCTION = "invert"
-    CATEGORY = category("Diffusion")
-
-    def invert(self, model, latent, conditioning, unconditional, guidance, steps, skip, seed, max_rows=0):
+    def execute(cls, model, latent, conditioning, unconditional, guidance, steps, skip, seed, max_rows=0):
         samples = _check_latent(latent)
         _check_inversion_model(model)
         steps, skip, seed = solver.check_steps(steps), solver.check_skip(skip), solver.check_seed(seed)
         record, x_T = run_inversion(model, samples, conditioning, unconditional, float(guidance), steps, skip, seed,
                                     on_step=Progress(steps), max_rows=int(max_rows))
-        return (record, {"samples": x_T})
+        return io.NodeOutput(record, {"samples": x_T})
 
 
-NODE_CLASS_MAPPINGS = {"RevPersInvert": RevPersInvert}
-NODE_DISPLAY_NAME_MAPPINGS = {"RevPersInvert": "Invert (RevPers)"}
+NODES = [RevPersInvert]

@@ -1,4 +1,6 @@
 """VAE encoding as the method needs it: the mode of the VAE's latent distribution."""
+from comfy_api.v0_0_2 import io
+
 from .common import category
 
 
@@ -19,29 +21,29 @@ _ON_THIS_HOST = (
     " This ComfyUI's own VAE Encode draws a sample: use this node.")
 
 
-class RevPersVAEEncode:
-    DESCRIPTION = (
-        "Encodes face crops to latents with the mode (mean) of the VAE's latent distribution, as the "
-        "reference does. ComfyUI releases before mid-2025 draw a random sample in VAE Encode instead, so "
-        "the same photo gives a different inversion, and a different anonymized face, on every run; this "
-        "node gives the same latents every time on every ComfyUI version." + _ON_THIS_HOST)
+class RevPersVAEEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RevPersVAEEncode",
+            display_name="VAE Encode (mode) (RevPers)",
+            category=category("Diffusion"),
+            description=(
+                "Encodes face crops to latents with the mode (mean) of the VAE's latent distribution, as the "
+                "reference does. ComfyUI releases before mid-2025 draw a random sample in VAE Encode instead, so "
+                "the same photo gives a different inversion, and a different anonymized face, on every run; this "
+                "node gives the same latents every time on every ComfyUI version." + _ON_THIS_HOST),
+            inputs=[
+                io.Image.Input("pixels", tooltip="Face crops (from Detect and Align Faces, or an aligned face)."),
+                io.Vae.Input("vae", tooltip="The checkpoint's VAE."),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="latent", tooltip="The crops' latents, one per face; connect to Invert."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "pixels": ("IMAGE", {"tooltip": "Face crops (from Detect and Align Faces, or an aligned face)."}),
-                "vae": ("VAE", {"tooltip": "The checkpoint's VAE."}),
-            }
-        }
-
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The crops' latents, one per face; connect to Invert.",)
-    FUNCTION = "encode"
-    CATEGORY = category("Diffusion")
-
-    def encode(self, pixels, vae):
+    def execute(cls, pixels, vae):
         # The sampling switch of ComfyUI's KL-regularized autoencoders; newer releases default it to off.
         regularizer = getattr(getattr(vae, "first_stage_model", None), "regularization", None)
         sampling = bool(getattr(regularizer, "sample", False))
@@ -52,8 +54,7 @@ class RevPersVAEEncode:
         finally:
             if sampling:
                 regularizer.sample = True
-        return ({"samples": samples},)
+        return io.NodeOutput({"samples": samples})
 
 
-NODE_CLASS_MAPPINGS = {"RevPersVAEEncode": RevPersVAEEncode}
-NODE_DISPLAY_NAME_MAPPINGS = {"RevPersVAEEncode": "VAE Encode (mode) (RevPers)"}
+NODES = [RevPersVAEEncode]

@@ -1,9 +1,11 @@
 """Anonymized sampling: replay the inversion under identity-guided negative guidance."""
 import logging
 
+from comfy_api.v0_0_2 import io
+
 from revpers_core import guarantee
 
-from .common import INVERSION, MAX_ROWS_INPUT, Progress, category
+from .common import Inversion, Progress, category, max_rows_input
 from ._diffusion_runs import run_sampling
 from ._identity_attention import identity_of
 
@@ -25,57 +27,54 @@ def check_identity(model, record):
     return tokens
 
 
-class RevPersAnonymizedSampler:
-    DESCRIPTION = (
-        "Anonymized sampling, the paper's second stage: starts from the inversion's x_T and replays its solver with "
-        "the recorded noise maps, now with the identity on the conditional branch and NEGATIVE guidance, which pushes "
-        "each face away from its identity and toward the 'attribute' branch, while pose, expression, light and "
-        "background follow the inversion. One model call per step for all faces and both branches (in chunks of "
-        "at most max_rows rows when there are more). "
-        "reference_compat reproduces the published code's numerics, quirks included.")
+class RevPersAnonymizedSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RevPersAnonymizedSampler",
+            display_name="Anonymized Sampler (RevPers)",
+            category=category("Diffusion"),
+            description=(
+                "Anonymized sampling, the paper's second stage: starts from the inversion's x_T and replays its "
+                "solver with the recorded noise maps, now with the identity on the conditional branch and NEGATIVE "
+                "guidance, which pushes each face away from its identity and toward the 'attribute' branch, while "
+                "pose, expression, light and background follow the inversion. One model call per step for all "
+                "faces and both branches (in chunks of at most max_rows rows when there are more). "
+                "reference_compat reproduces the published code's numerics, quirks included."),
+            inputs=[
+                io.Model.Input("model", tooltip="Identity Conditioning output WITH the faces' embeddings."),
+                io.Conditioning.Input("conditioning", tooltip="Identity branch text: CLIP Text Encode of \"\"."),
+                io.Conditioning.Input("attribute", tooltip="From Attribute Text: what the face is pulled toward "
+                                                           "(empty text = zeros)."),
+                Inversion.Input("inversion", tooltip="From Invert (RevPers)."),
+                io.Float.Input("guidance", default=-10.0, min=-30.0, max=30.0, step=0.5,
+                               tooltip="Guidance scale; negative moves away from the identity (the paper uses -10). "
+                                       "Stronger = more different, less faithful."),
+                io.Boolean.Input(
+                    "reference_compat", default=False,
+                    tooltip="Reproduce the published code exactly, quirks included (solver state carried over "
+                            "from the inversion, first-order last step below 15 steps, default-size SDXL "
+                            "conditioning). Off = the clean method, which reconstructs exactly."),
+                io.Int.Input(
+                    "reference_size", default=1024, min=64, max=8192, step=8,
+                    tooltip="Only with reference_compat: the SDXL size conditioning the reference passes during "
+                            "sampling (its pipeline default, 1024)."),
+                io.String.Input(
+                    "face_guidance", optional=True, default="", multiline=False,
+                    tooltip="Stronger guidance for single faces, as ROW:SCALE pairs (e.g. \"2:-12.5, 5:-15\"), "
+                            "ROW being the face's number in Detect and Align's order, as the audit reports it. "
+                            "Only those faces change: every other face comes out bit-identical. Empty = "
+                            "'guidance' for every face. Guaranteed mode (the revpers CLI) sets it by itself."),
+                max_rows_input(),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="latent", tooltip="The anonymized face latents; VAE Decode them."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "Identity Conditioning output WITH the faces' embeddings."}),
-                "conditioning": ("CONDITIONING", {"tooltip": "Identity branch text: CLIP Text Encode of \"\"."}),
-                "attribute": ("CONDITIONING", {"tooltip": "From Attribute Text: what the face is pulled toward "
-                                                          "(empty text = zeros)."}),
-                "inversion": (INVERSION, {"tooltip": "From Invert (RevPers)."}),
-                "guidance": ("FLOAT", {
-                    "default": -10.0, "min": -30.0, "max": 30.0, "step": 0.5,
-                    "tooltip": "Guidance scale; negative moves away from the identity (the paper uses -10). "
-                               "Stronger = more different, less faithful."}),
-                "reference_compat": ("BOOLEAN", {
-                    "default": False,
-                    "tooltip": "Reproduce the published code exactly, quirks included (solver state carried over "
-                               "from the inversion, first-order last step below 15 steps, default-size SDXL "
-                               "conditioning). Off = the clean method, which reconstructs exactly."}),
-                "reference_size": ("INT", {
-                    "default": 1024, "min": 64, "max": 8192, "step": 8,
-                    "tooltip": "Only with reference_compat: the SDXL size conditioning the reference passes during "
-                               "sampling (its pipeline default, 1024)."}),
-            },
-            "optional": {
-                "face_guidance": ("STRING", {
-                    "default": "", "multiline": False,
-                    "tooltip": "Stronger guidance for single faces, as ROW:SCALE pairs (e.g. \"2:-12.5, 5:-15\"), "
-                               "ROW being the face's number in Detect and Align's order, as the audit reports it. "
-                               "Only those faces change: every other face comes out bit-identical. Empty = "
-                               "'guidance' for every face. Guaranteed mode (the revpers CLI) sets it by itself."}),
-                "max_rows": MAX_ROWS_INPUT,
-            },
-        }
-
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The anonymized face latents; VAE Decode them.",)
-    FUNCTION = "sample"
-    CATEGORY = category("Diffusion")
-
-    def sample(self, model, conditioning, attribute, inversion, guidance, reference_compat, reference_size,
-               face_guidance="", max_rows=0):
+    def execute(cls, model, conditioning, attribute, inversion, guidance, reference_compat, reference_size,
+                face_guidance="", max_rows=0):
         tokens = check_identity(model, inversion)
         overrides = guarantee.parse_face_guidance(face_guidance, inversion.batch_size)
         scales = guarantee.row_guidance(float(guidance), overrides, inversion.batch_size)
@@ -90,8 +89,8 @@ class RevPersAnonymizedSampler:
         if overrides:
             text.append(f"per-face guidance: {guarantee.format_face_guidance(overrides)} (the other faces: "
                         f"{float(guidance):g})")
-        return {"ui": {"text": text}, "result": ({"samples": out},)} if text else ({"samples": out},)
+        # the warnings and the per-face guidance used, shown on the node (web/revpers.js)
+        return io.NodeOutput({"samples": out}, ui={"text": text} if text else None)
 
 
-NODE_CLASS_MAPPINGS = {"RevPersAnonymizedSampler": RevPersAnonymizedSampler}
-NODE_DISPLAY_NAME_MAPPINGS = {"RevPersAnonymizedSampler": "Anonymized Sampler (RevPers)"}
+NODES = [RevPersAnonymizedSampler]
