@@ -33,15 +33,15 @@ def run(nodes, base, adapter, latents, embeddings, steps, counter):
     """Inversion + anonymized sampling of a batch through the pack's nodes; returns the output latents."""
     import oracle_model as om
 
-    identity = nodes.identity.RevPersIdentityConditioning()
-    inv_model = identity.apply(base, adapter, 1.0)[0].clone()
-    id_model = identity.apply(base, adapter, 1.0, embeddings)[0].clone()
+    identity = nodes.identity.RevPersIdentityConditioning
+    inv_model = identity.execute(base, adapter, 1.0)[0].clone()
+    id_model = identity.execute(base, adapter, 1.0, embeddings)[0].clone()
     inv_model.set_model_unet_function_wrapper(counter)
     id_model.set_model_unet_function_wrapper(counter)
     pos, neg = om.conditioning("default", "inversion")
-    record, _ = nodes.inversion.RevPersInvert().invert(inv_model, {"samples": latents}, pos, neg, -10.0, steps, 0.7, 0)
+    record, _ = nodes.inversion.RevPersInvert.execute(inv_model, {"samples": latents}, pos, neg, -10.0, steps, 0.7, 0)
     gpos, gneg = om.conditioning("default", "generation")
-    return nodes.sampler.RevPersAnonymizedSampler().sample(id_model, gpos, gneg, record, -10.0, False, 1024)[0]["samples"]
+    return nodes.sampler.RevPersAnonymizedSampler.execute(id_model, gpos, gneg, record, -10.0, False, 1024)[0]["samples"]
 
 
 def main(argv=None):

@@ -50,7 +50,7 @@ def prepare(config, steps, size, models):
 
     import nodes as comfy_nodes  # ComfyUI's own nodes.py
 
-    node = pack.NODE_CLASS_MAPPINGS
+    node = pack.nodes.BY_ID
     given = rb.pack_inputs(pack, model, clip, adapter, 1, size, seed=0)
     latent, positive, negative = {"samples": given.latents}, given.positive, given.negative
     timer = CallTimer()
@@ -60,10 +60,10 @@ def prepare(config, steps, size, models):
             m.set_model_unet_function_wrapper(timer)
 
         def run():
-            record, _ = node["RevPersInvert"]().invert(inversion_model, latent, positive, negative, -10.0, steps, 0.7,
-                                                       0, 0)
-            node["RevPersAnonymizedSampler"]().sample(identity_model, positive, negative, record, -10.0, False, 1024,
-                                                      "", 0)
+            record, _ = node["RevPersInvert"].execute(inversion_model, latent, positive, negative, -10.0, steps, 0.7,
+                                                      0, 0)
+            node["RevPersAnonymizedSampler"].execute(identity_model, positive, negative, record, -10.0, False, 1024,
+                                                     "", 0)
         return run, timer
     if config == "core_lora":
         folder_paths.add_model_folder_path("loras", str(Path(models) / "loras"))

@@ -63,7 +63,7 @@ def configurations(models, steps, size):
     import nodes as comfy_nodes  # ComfyUI's own nodes.py
 
     runs_module = importlib.import_module(f"{pack.__name__}.nodes._diffusion_runs")
-    node = pack.NODE_CLASS_MAPPINGS
+    node = pack.nodes.BY_ID
     given = rb.pack_inputs(pack, model, clip, adapter, 1, size, seed=0)
     latent, positive, negative = {"samples": given.latents}, given.positive, given.negative
     inversion_model, identity_model = given.inversion_model, given.identity_model
@@ -80,10 +80,10 @@ def configurations(models, steps, size):
 
     def pack_runs(seed, trim=True):
         with contextlib.nullcontext() if trim else heap_release_off(runs_module):
-            record = node["RevPersInvert"]().invert(inversion_model, latent, positive, negative, -10.0, steps, 0.7,
-                                                    seed, 0)[0]
-            node["RevPersAnonymizedSampler"]().sample(identity_model, positive, negative, record, -10.0, False, 1024,
-                                                      "", 0)
+            record = node["RevPersInvert"].execute(inversion_model, latent, positive, negative, -10.0, steps, 0.7,
+                                                   seed, 0)[0]
+            node["RevPersAnonymizedSampler"].execute(identity_model, positive, negative, record, -10.0, False, 1024,
+                                                     "", 0)
 
     return {
         "core": lambda seed: ksampler(model, seed, False),

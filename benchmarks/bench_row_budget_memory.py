@@ -69,26 +69,26 @@ def pack_inputs(pack, model, clip, adapter, faces, size, seed):
     generator = torch.Generator().manual_seed(seed)
     latents = torch.randn(faces, 4, size // 8, size // 8, generator=generator)
     embeddings = torch.nn.functional.normalize(torch.randn(faces, 512, generator=generator), dim=1)
-    node = pack.NODE_CLASS_MAPPINGS
-    identity = node["RevPersIdentityConditioning"]()
+    node = pack.nodes.BY_ID
+    identity = node["RevPersIdentityConditioning"]
     return types.SimpleNamespace(
-        latents=latents, inversion_model=identity.apply(model, adapter, 1.0)[0],
-        identity_model=identity.apply(model, adapter, 1.0, embeddings)[0],
+        latents=latents, inversion_model=identity.execute(model, adapter, 1.0)[0],
+        identity_model=identity.execute(model, adapter, 1.0, embeddings)[0],
         positive=comfy_nodes.CLIPTextEncode().encode(clip, "")[0],
-        negative=node["RevPersAttributeText"]().encode(clip, "")[0])
+        negative=node["RevPersAttributeText"].execute(clip, "")[0])
 
 
 def run(pack, model, clip, adapter, faces, size, steps, max_rows):
     given = pack_inputs(pack, model, clip, adapter, faces, size, seed=faces)
-    node = pack.NODE_CLASS_MAPPINGS
+    node = pack.nodes.BY_ID
     calls = Calls()
     inv_model, id_model = given.inversion_model.clone(), given.identity_model.clone()
     inv_model.set_model_unet_function_wrapper(calls)
     id_model.set_model_unet_function_wrapper(calls)
-    record, _ = node["RevPersInvert"]().invert(inv_model, {"samples": given.latents}, given.positive, given.negative,
-                                               -10.0, steps, 0.7, 0, max_rows)
-    node["RevPersAnonymizedSampler"]().sample(id_model, given.positive, given.negative, record, -10.0, False, 1024, "",
-                                              max_rows)
+    record, _ = node["RevPersInvert"].execute(inv_model, {"samples": given.latents}, given.positive, given.negative,
+                                              -10.0, steps, 0.7, 0, max_rows)
+    node["RevPersAnonymizedSampler"].execute(id_model, given.positive, given.negative, record, -10.0, False, 1024, "",
+                                             max_rows)
     return calls
 
 

@@ -90,9 +90,9 @@ def tiny_models(pack, name="golden"):
     with torch.inference_mode():
         base = tiny_sdxl()
         adapter = load_faceid_adapter(str(adapter_path(name)))
-        node = pack.nodes.identity.RevPersIdentityConditioning()
-        return {"base": base, "adapter": adapter, "node": node, "inversion": node.apply(base, adapter, 1.0)[0],
-                "identity": node.apply(base, adapter, 1.0, identity_embedding(name))[0]}
+        node = pack.nodes.identity.RevPersIdentityConditioning
+        return {"base": base, "adapter": adapter, "node": node, "inversion": node.execute(base, adapter, 1.0)[0],
+                "identity": node.execute(base, adapter, 1.0, identity_embedding(name))[0]}
 
 
 def conditioning(case, phase, name="golden"):

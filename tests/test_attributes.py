@@ -40,7 +40,7 @@ def test_text_is_encoded_like_clip_text_encode(comfy_inprocess, clip):
     import nodes as comfy_nodes
 
     with torch.inference_mode():
-        (ours,) = comfy_inprocess.nodes.modulation.RevPersAttributeText().encode(clip, "an old man")
+        (ours,) = comfy_inprocess.nodes.modulation.RevPersAttributeText.execute(clip, "an old man")
         (theirs,) = comfy_nodes.CLIPTextEncode().encode(clip, "an old man")
     assert len(ours) == 1 and torch.equal(ours[0][0], theirs[0][0])
     assert torch.equal(ours[0][1]["pooled_output"], theirs[0][1]["pooled_output"])
@@ -52,7 +52,7 @@ def test_empty_text_is_zeros(comfy_inprocess, clip, text):
     import nodes as comfy_nodes
 
     with torch.inference_mode():
-        (ours,) = comfy_inprocess.nodes.modulation.RevPersAttributeText().encode(clip, text)
+        (ours,) = comfy_inprocess.nodes.modulation.RevPersAttributeText.execute(clip, text)
         (empty,) = comfy_nodes.CLIPTextEncode().encode(clip, "")
     cond, extra = ours[0]
     assert cond.shape == empty[0][0].shape and not cond.any()

@@ -195,10 +195,10 @@ def test_the_model_receives_one_identity_and_modulation_per_person(comfy_inproce
     per_face /= np.linalg.norm(per_face, axis=1, keepdims=True)
     track_ids, interpolated = [0, 0, 1, 0], [False, True, False, False]
     rows = tracks.track_identities(per_face, track_ids, interpolated)
-    embedding = pack.nodes.modulation.RevPersModulateIdentity().modulate(
+    embedding = pack.nodes.modulation.RevPersModulateIdentity.execute(
         torch.from_numpy(rows), 30.0, False, 1.0, 5)[0]
     with torch.inference_mode():
-        model = tiny_sdxl["node"].apply(tiny_sdxl["base"], tiny_sdxl["adapter"], 1.0, embedding)[0]
+        model = tiny_sdxl["node"].execute(tiny_sdxl["base"], tiny_sdxl["adapter"], 1.0, embedding)[0]
     identity = pack.nodes._identity_attention.identity_of(model)
     seen = []
     real_keys_values = identity.keys_values
@@ -215,9 +215,9 @@ def test_the_model_receives_one_identity_and_modulation_per_person(comfy_inproce
     with torch.inference_mode():
         inv_model = tiny_sdxl["inversion"]
         ipos, ineg = om.conditioning("default", "inversion")
-        record, _ = pack.nodes.inversion.RevPersInvert().invert(inv_model, {"samples": latents}, ipos, ineg,
-                                                                -10.0, 4, 0.5, 0)
-        pack.nodes.sampler.RevPersAnonymizedSampler().sample(model, pos, neg, record, -10.0, False, 1024)
+        record, _ = pack.nodes.inversion.RevPersInvert.execute(inv_model, {"samples": latents}, ipos, ineg,
+                                                               -10.0, 4, 0.5, 0)
+        pack.nodes.sampler.RevPersAnonymizedSampler.execute(model, pos, neg, record, -10.0, False, 1024)
     assert seen, "the identity attention was never called"
     for branches, keys in seen:
         for conditional, part in zip(branches, keys.chunk(len(branches))):

@@ -100,19 +100,19 @@ def test_the_audit_sees_the_saved_image_where_the_crop_check_cannot(analyser):
 
 
 def test_the_audit_node_stops_the_run_or_marks_by_explicit_choice(comfy_inprocess, analyser):
-    node = comfy_inprocess.nodes.audit.RevPersAudit()
+    node = comfy_inprocess.nodes.audit.RevPersAudit
     photo = torch.from_numpy(to_float(marker_photo(faces=[LARGE])))[None]
     bound = BoundAnalyser(analyser, 0.5)
     args = dict(analysis=bound, original=photo, anonymized=photo.clone(), arcface_threshold=0.3,
                 dlib_threshold=0.6, second_recognizer="dlib if installed")
     with pytest.raises(ValueError, match="Audit failed - the output is not safe to use, nothing was saved"):
-        node.run(on_fail="stop the run", **args)
-    out = node.run(on_fail="save marked NOT ANONYMIZED", **args)
-    images, report, text = out["result"]
-    assert not report.passed and "RESULT: FAILED" in out["ui"]["text"][0]
+        node.execute(on_fail="stop the run", **args)
+    out = node.execute(on_fail="save marked NOT ANONYMIZED", **args)
+    images, report, text = out.result
+    assert not report.passed and "RESULT: FAILED" in out.ui["text"][0]
     assert np.allclose(images[0, 2, photo.shape[2] // 2].numpy(), [1.0, 0.0, 0.0])  # marked
     with pytest.raises(ValueError, match="outside 0.1..0.5"):
-        node.run(on_fail="stop the run", **{**args, "arcface_threshold": 1.0})
+        node.execute(on_fail="stop the run", **{**args, "arcface_threshold": 1.0})
 
 
 def test_a_threshold_that_would_disable_the_checks_is_refused_by_the_server(comfy_server):

@@ -15,8 +15,8 @@ from revpers_core.standins.faceid import make_faceid_state_dict
 def tiny(pack, tiny_sdxl):
     with torch.inference_mode():
         pos, neg = om.conditioning("default", "inversion")
-        record, _ = pack.nodes.inversion.RevPersInvert().invert(tiny_sdxl["inversion"], om.latent("default"), pos,
-                                                                neg, -10.0, 2, 0.7, 0)
+        record, _ = pack.nodes.inversion.RevPersInvert.execute(tiny_sdxl["inversion"], om.latent("default"), pos,
+                                                               neg, -10.0, 2, 0.7, 0)
     return dict(tiny_sdxl, record=record)
 
 
@@ -27,7 +27,7 @@ def test_adapter_for_sd15_on_the_sdxl_model(pack, tiny, tmp_path):
     torch.save(make_faceid_state_dict("sd15", seed=0, rank=4), path)
     sd15 = load_faceid_adapter(str(path))
     with pytest.raises(AdapterMismatch, match=r"'ip-adapter-faceid_sd15\.bin'.*does not fit the model 'TinySDXL'"):
-        tiny["node"].apply(tiny["base"], sd15, 1.0)
+        tiny["node"].execute(tiny["base"], sd15, 1.0)
 
 
 def test_adapter_with_wrong_identity_width(pack, tiny):
@@ -39,27 +39,27 @@ def test_adapter_with_wrong_identity_width(pack, tiny):
 
     wrong = faceid_adapter_from_state_dict(state, "narrow.bin")
     with pytest.raises(AdapterMismatch, match=r"'narrow\.bin'.*does not fit the model 'TinySDXL'.*layer 1 to_k_ip"):
-        tiny["node"].apply(tiny["base"], wrong, 1.0)
+        tiny["node"].execute(tiny["base"], wrong, 1.0)
 
 
 def test_embedding_count_must_match_the_faces(pack, tiny):
     e = om.identity_embedding()
     gpos, gneg = om.conditioning("default", "generation")
-    sampler = pack.nodes.sampler.RevPersAnonymizedSampler()
+    sampler = pack.nodes.sampler.RevPersAnonymizedSampler
     with torch.inference_mode():
-        two = tiny["node"].apply(tiny["base"], tiny["adapter"], 1.0, torch.cat([e, -e]))[0]
+        two = tiny["node"].execute(tiny["base"], tiny["adapter"], 1.0, torch.cat([e, -e]))[0]
         with pytest.raises(ValueError, match=r"carries 2 identity embedding\(s\) but the inversion holds 1 face"):
-            sampler.sample(two, gpos, gneg, tiny["record"], -10.0, False, 1024)
+            sampler.execute(two, gpos, gneg, tiny["record"], -10.0, False, 1024)
         with pytest.raises(ValueError, match=r"embeddings must be \[faces, 512\]"):
-            tiny["node"].apply(tiny["base"], tiny["adapter"], 1.0, torch.zeros(1, 256))
+            tiny["node"].execute(tiny["base"], tiny["adapter"], 1.0, torch.zeros(1, 256))
 
 
 def test_sampler_refuses_a_model_without_identity(pack, tiny):
     gpos, gneg = om.conditioning("default", "generation")
-    sampler = pack.nodes.sampler.RevPersAnonymizedSampler()
+    sampler = pack.nodes.sampler.RevPersAnonymizedSampler
     for model in (tiny["base"], tiny["inversion"]):
         with pytest.raises(ValueError, match="carries no identity.*reproduce the input faces"):
-            sampler.sample(model, gpos, gneg, tiny["record"], -10.0, False, 1024)
+            sampler.execute(model, gpos, gneg, tiny["record"], -10.0, False, 1024)
 
 
 def test_the_sampler_says_when_its_guidance_is_not_the_inversions(pack, tiny):
@@ -67,25 +67,25 @@ def test_the_sampler_says_when_its_guidance_is_not_the_inversions(pack, tiny):
     but the node's text and the log say the two differ and which to set; with the same scale it says
     nothing."""
     gpos, gneg = om.conditioning("default", "generation")
-    sampler = pack.nodes.sampler.RevPersAnonymizedSampler()
+    sampler = pack.nodes.sampler.RevPersAnonymizedSampler
     with torch.inference_mode():
-        model = tiny["node"].apply(tiny["base"], tiny["adapter"], 1.0, om.identity_embedding())[0]
-        same = sampler.sample(model, gpos, gneg, tiny["record"], -10.0, False, 1024)
-        other = sampler.sample(model, gpos, gneg, tiny["record"], -7.5, False, 1024)
-    assert isinstance(same, tuple)
-    assert other["ui"]["text"] == ["the sampler's guidance -7.5 differs from the inversion's -10: the method uses one "
-                                   "guidance for both (the paper's -10); set Invert's guidance to the sampler's"]
+        model = tiny["node"].execute(tiny["base"], tiny["adapter"], 1.0, om.identity_embedding())[0]
+        same = sampler.execute(model, gpos, gneg, tiny["record"], -10.0, False, 1024)
+        other = sampler.execute(model, gpos, gneg, tiny["record"], -7.5, False, 1024)
+    assert same.ui is None
+    assert other.ui["text"] == ["the sampler's guidance -7.5 differs from the inversion's -10: the method uses one "
+                                "guidance for both (the paper's -10); set Invert's guidance to the sampler's"]
 
 
 def test_invert_refuses_other_models(pack, tiny):
     pos, neg = om.conditioning("default", "inversion")
-    invert = pack.nodes.inversion.RevPersInvert()
+    invert = pack.nodes.inversion.RevPersInvert
     with torch.inference_mode():
-        identity = tiny["node"].apply(tiny["base"], tiny["adapter"], 1.0, om.identity_embedding())[0]
+        identity = tiny["node"].execute(tiny["base"], tiny["adapter"], 1.0, om.identity_embedding())[0]
     with pytest.raises(ValueError, match="NO embedding connected.*carries identity embeddings"):
-        invert.invert(identity, om.latent("default"), pos, neg, -10.0, 2, 0.7, 0)
+        invert.execute(identity, om.latent("default"), pos, neg, -10.0, 2, 0.7, 0)
     with pytest.raises(ValueError, match="has no FaceID adapter"):
-        invert.invert(tiny["base"], om.latent("default"), pos, neg, -10.0, 2, 0.7, 0)
+        invert.execute(tiny["base"], om.latent("default"), pos, neg, -10.0, 2, 0.7, 0)
 
 
 @pytest.mark.parametrize("steps,skip,match", [
@@ -96,20 +96,20 @@ def test_invert_refuses_other_models(pack, tiny):
 def test_invert_settings(pack, tiny, steps, skip, match):
     pos, neg = om.conditioning("default", "inversion")
     with pytest.raises(ValueError, match=match):
-        pack.nodes.inversion.RevPersInvert().invert(tiny["inversion"], om.latent("default"), pos, neg, -10.0,
-                                                    steps, skip, 0)
+        pack.nodes.inversion.RevPersInvert.execute(tiny["inversion"], om.latent("default"), pos, neg, -10.0,
+                                                   steps, skip, 0)
 
 
 def test_invert_needs_a_latent_batch(pack, tiny):
     pos, neg = om.conditioning("default", "inversion")
     with pytest.raises(ValueError, match="batch of face latents"):
-        pack.nodes.inversion.RevPersInvert().invert(tiny["inversion"], {"samples": torch.zeros(4, 8, 8)}, pos,
-                                                    neg, -10.0, 2, 0.7, 0)
+        pack.nodes.inversion.RevPersInvert.execute(tiny["inversion"], {"samples": torch.zeros(4, 8, 8)}, pos,
+                                                   neg, -10.0, 2, 0.7, 0)
 
 
 def test_identity_patch_applied_twice(pack, tiny):
     with pytest.raises(ValueError, match="already carries a FaceID identity patch"):
-        tiny["node"].apply(tiny["inversion"], tiny["adapter"], 1.0)
+        tiny["node"].execute(tiny["inversion"], tiny["adapter"], 1.0)
 
 
 # -- through the running server ---------------------------------------------------------------

@@ -35,20 +35,20 @@ def setup(tiny_sdxl):
 
 
 def counted_run(pack, setup, faces, embeddings, steps, max_rows=0, face_guidance=""):
-    node = pack.nodes.identity.RevPersIdentityConditioning()
+    node = pack.nodes.identity.RevPersIdentityConditioning
     inv_count, gen_count = CallCounter(), CallCounter()
     with torch.inference_mode():
-        inv_model = node.apply(setup["base"], setup["adapter"], 1.0)[0].clone()
-        id_model = node.apply(setup["base"], setup["adapter"], 1.0, embeddings)[0].clone()
+        inv_model = node.execute(setup["base"], setup["adapter"], 1.0)[0].clone()
+        id_model = node.execute(setup["base"], setup["adapter"], 1.0, embeddings)[0].clone()
         inv_model.set_model_unet_function_wrapper(inv_count)
         id_model.set_model_unet_function_wrapper(gen_count)
         pos, neg = om.conditioning("default", "inversion")
-        record, _ = pack.nodes.inversion.RevPersInvert().invert(inv_model, {"samples": faces}, pos, neg, -10.0,
-                                                                steps, 0.7, 0, max_rows)
+        record, _ = pack.nodes.inversion.RevPersInvert.execute(inv_model, {"samples": faces}, pos, neg, -10.0,
+                                                               steps, 0.7, 0, max_rows)
         gpos, gneg = om.conditioning("default", "generation")
-        out = pack.nodes.sampler.RevPersAnonymizedSampler().sample(id_model, gpos, gneg, record, -10.0, False,
-                                                                   1024, face_guidance, max_rows)
-        out = (out["result"] if isinstance(out, dict) else out)[0]["samples"]
+        out = pack.nodes.sampler.RevPersAnonymizedSampler.execute(id_model, gpos, gneg, record, -10.0, False,
+                                                                  1024, face_guidance, max_rows)
+        out = out[0]["samples"]
     return inv_count, gen_count, record, out
 
 
@@ -126,12 +126,12 @@ def test_interrupt_stops_between_steps(pack, setup):
 
     try:
         with torch.inference_mode():
-            model = pack.nodes.identity.RevPersIdentityConditioning().apply(setup["base"], setup["adapter"], 1.0)[0]
+            model = pack.nodes.identity.RevPersIdentityConditioning.execute(setup["base"], setup["adapter"], 1.0)[0]
             model = model.clone()
             model.set_model_unet_function_wrapper(press_cancel)
             pos, neg = om.conditioning("default", "inversion")
             with pytest.raises(mm.InterruptProcessingException):
-                pack.nodes.inversion.RevPersInvert().invert(model, om.latent("default"), pos, neg, -10.0, 10, 0.7, 0)
+                pack.nodes.inversion.RevPersInvert.execute(model, om.latent("default"), pos, neg, -10.0, 10, 0.7, 0)
     finally:
         mm.interrupt_current_processing(False)
     assert counter.calls == 1
@@ -143,17 +143,17 @@ def test_face_guidance_samples_only_the_named_face_again(pack, setup):
     -15. Bad texts are refused with the reason."""
     steps = 6
     _, _, record, plain = counted_run(pack, setup, setup["faces"], setup["embeddings"], steps)
-    node = pack.nodes.identity.RevPersIdentityConditioning()
-    sampler = pack.nodes.sampler.RevPersAnonymizedSampler()
+    node = pack.nodes.identity.RevPersIdentityConditioning
+    sampler = pack.nodes.sampler.RevPersAnonymizedSampler
     gpos, gneg = om.conditioning("default", "generation")
 
     def sample(guidance, face_guidance=""):
         count = CallCounter()
         with torch.inference_mode():
-            model = node.apply(setup["base"], setup["adapter"], 1.0, setup["embeddings"])[0].clone()
+            model = node.execute(setup["base"], setup["adapter"], 1.0, setup["embeddings"])[0].clone()
             model.set_model_unet_function_wrapper(count)
-            out = sampler.sample(model, gpos, gneg, record, guidance, False, 1024, face_guidance=face_guidance)
-        latent = (out["result"] if isinstance(out, dict) else out)[0]["samples"]
+            out = sampler.execute(model, gpos, gneg, record, guidance, False, 1024, face_guidance=face_guidance)
+        latent = out[0]["samples"]
         return latent, count, out
 
     again, _, _ = sample(-10.0)
@@ -164,7 +164,7 @@ def test_face_guidance_samples_only_the_named_face_again(pack, setup):
     changed = (retried[1] - plain[1]).abs().max().item()
     strong, _, _ = sample(-15.0)
     assert changed > 1e-2 and torch.allclose(retried[1], strong[1], atol=1e-5, rtol=0)
-    assert out["ui"]["text"] == ["per-face guidance: 1:-15 (the other faces: -10)"]
+    assert out.ui["text"] == ["per-face guidance: 1:-15 (the other faces: -10)"]
     for text, message in [("3:-12.5", "the sampler has 3 face(s)"), ("1:5", "cannot anonymize"),
                           ("one:-12", "is not ROW:SCALE"), ("0:-12, 0:-15", "names row 0 twice")]:
         with pytest.raises(ValueError, match=re.escape(message)):

@@ -237,11 +237,11 @@ def host_events(monkeypatch):
 def prompt(pack, models, seed):
     """What one prompt of the aligned-face workflow runs after its cached nodes: Invert, then the sampler."""
     pos, neg = om.conditioning("default", "inversion")
-    record, _ = pack.nodes.inversion.RevPersInvert().invert(models["inversion"], om.latent("default"), pos, neg,
-                                                            -10.0, 3, 0.7, seed)
+    record, _ = pack.nodes.inversion.RevPersInvert.execute(models["inversion"], om.latent("default"), pos, neg,
+                                                           -10.0, 3, 0.7, seed)
     gpos, gneg = om.conditioning("default", "generation")
-    out = pack.nodes.sampler.RevPersAnonymizedSampler().sample(models["identity"], gpos, gneg, record, -10.0, False,
-                                                               1024)
+    out = pack.nodes.sampler.RevPersAnonymizedSampler.execute(models["identity"], gpos, gneg, record, -10.0, False,
+                                                              1024)
     return out[0]["samples"]
 
 
@@ -293,15 +293,15 @@ def test_identity_attention_keeps_only_projected_keys_and_values(pack, tiny_sdxl
     layer, nothing per call and no copy of the adapter's weights; the same tensors serve every call."""
     adapter, node, e = tiny_sdxl["adapter"], tiny_sdxl["node"], om.identity_embedding()
     with torch.inference_mode():
-        model = node.apply(tiny_sdxl["base"], adapter, 1.0, torch.cat([e, e, -e]))[0]
+        model = node.execute(tiny_sdxl["base"], adapter, 1.0, torch.cat([e, e, -e]))[0]
         tokens = pack.nodes._identity_attention.identity_of(model)
         x = om.latent("default")["samples"]
         inv_model = tiny_sdxl["inversion"]
         pos, neg = om.conditioning("default", "inversion")
-        record, _ = pack.nodes.inversion.RevPersInvert().invert(inv_model, {"samples": torch.cat([x, x, x])}, pos,
-                                                                neg, -10.0, 2, 0.7, 0)
+        record, _ = pack.nodes.inversion.RevPersInvert.execute(inv_model, {"samples": torch.cat([x, x, x])}, pos,
+                                                               neg, -10.0, 2, 0.7, 0)
         gpos, gneg = om.conditioning("default", "generation")
-        pack.nodes.sampler.RevPersAnonymizedSampler().sample(model, gpos, gneg, record, -10.0, False, 1024)
+        pack.nodes.sampler.RevPersAnonymizedSampler.execute(model, gpos, gneg, record, -10.0, False, 1024)
     sets = 3  # the null set, e, -e (faces 0 and 1 share e)
     inner = sum(adapter.identity_weights(b)[0].shape[0] for b in range(adapter.num_blocks))
     per_set = 2 * adapter.num_tokens * inner * 4  # K and V, float32

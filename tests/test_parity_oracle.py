@@ -57,8 +57,8 @@ def load_adapter_node(pack, name):
     path = om.adapter_path(name)
     with adapter_folder(path.parent):
         loader = pack.nodes.adapter.RevPersFaceIDAdapterLoader
-        assert path.name in loader.INPUT_TYPES()["required"]["adapter_name"][0]
-        return loader().load(path.name)[0]
+        assert path.name in loader.INPUT_TYPES()["required"]["adapter_name"][1]["options"]
+        return loader.execute(path.name)[0]
 
 
 class CallRecorder:
@@ -85,17 +85,17 @@ class CallRecorder:
 def run_reference_case(pack, tiny_model, name, case, recorders=None):
     N = pack.nodes
     adapter = load_adapter_node(pack, name)
-    identity_node = N.identity.RevPersIdentityConditioning()
-    inv_model = identity_node.apply(tiny_model, adapter, 1.0)[0]
-    id_model = identity_node.apply(tiny_model, adapter, 1.0, om.identity_embedding(name))[0]
+    identity_node = N.identity.RevPersIdentityConditioning
+    inv_model = identity_node.execute(tiny_model, adapter, 1.0)[0]
+    id_model = identity_node.execute(tiny_model, adapter, 1.0, om.identity_embedding(name))[0]
     if recorders:
         inv_model, id_model = inv_model.clone(), id_model.clone()
         inv_model.set_model_unet_function_wrapper(recorders[0])
         id_model.set_model_unet_function_wrapper(recorders[1])
     pos, neg = om.conditioning(case, "inversion", name)
-    record, x_T = N.inversion.RevPersInvert().invert(inv_model, om.latent(case, name), pos, neg, -10.0, 10, 0.7, 0)
+    record, x_T = N.inversion.RevPersInvert.execute(inv_model, om.latent(case, name), pos, neg, -10.0, 10, 0.7, 0)
     gpos, gneg = om.conditioning(case, "generation", name)
-    out = N.sampler.RevPersAnonymizedSampler().sample(id_model, gpos, gneg, record, -10.0, True, 64)[0]["samples"]
+    out = N.sampler.RevPersAnonymizedSampler.execute(id_model, gpos, gneg, record, -10.0, True, 64)[0]["samples"]
     return record, x_T["samples"], out
 
 
@@ -185,17 +185,17 @@ def test_identity_attention_equals_diffusers(pack, tiny_model):
         return apply_model(args["input"], args["timestep"], **args["c"])
 
     with torch.inference_mode():
-        id_model = pack.nodes.identity.RevPersIdentityConditioning().apply(
+        id_model = pack.nodes.identity.RevPersIdentityConditioning.execute(
             tiny_model, adapter, 1.0, om.identity_embedding("golden_nolora"))[0].clone()
         id_model.set_model_unet_function_wrapper(wrapper)
         # a 2-step run (timesteps 299, 1): its first sampling call carries the conds; the UNet is called on the
         # oracle's x_T from the wrapper with exactly those conds and patches
-        record, _ = pack.nodes.inversion.RevPersInvert().invert(
-            pack.nodes.identity.RevPersIdentityConditioning().apply(tiny_model, adapter, 1.0)[0],
+        record, _ = pack.nodes.inversion.RevPersInvert.execute(
+            pack.nodes.identity.RevPersIdentityConditioning.execute(tiny_model, adapter, 1.0)[0],
             om.latent("default", "golden_nolora"), *om.conditioning("default", "inversion", "golden_nolora"),
             -10.0, 2, 0.7, 0)
         pos, neg = om.conditioning("default", "generation", "golden_nolora")
-        pack.nodes.sampler.RevPersAnonymizedSampler().sample(id_model, pos, neg, record, -10.0, False, 1024)
+        pack.nodes.sampler.RevPersAnonymizedSampler.execute(id_model, pos, neg, record, -10.0, False, 1024)
     identity_row = (captured[0] - want[1]).abs().max().item()
     print(f"\n[identity attention vs diffusers {diffusers.__version__}] null row bit-identical: "
           f"{torch.equal(captured[1], want[0])}; identity row max-abs {identity_row:.3g}")
@@ -207,7 +207,7 @@ def test_identity_node_never_mutates_its_input(pack, tiny_model):
     before_options = repr(tiny_model.model_options)
     before_patches, before_objects = dict(tiny_model.patches), dict(tiny_model.object_patches)
     with torch.inference_mode():
-        patched = pack.nodes.identity.RevPersIdentityConditioning().apply(tiny_model, adapter, 0.5,
+        patched = pack.nodes.identity.RevPersIdentityConditioning.execute(tiny_model, adapter, 0.5,
                                                                           om.identity_embedding())[0]
     assert patched is not tiny_model and patched.model is tiny_model.model
     assert repr(tiny_model.model_options) == before_options and tiny_model.patches == before_patches
@@ -243,9 +243,9 @@ def test_composes_with_other_patches(pack, tiny_model):
         base = tiny_model.clone()
         base.set_model_attn2_replace(other_text_attention, "middle", 0, 0)
         base.add_patches({key: (torch.zeros_like(base.model.state_dict()[key]),)}, 1.0)
-        patched = pack.nodes.identity.RevPersIdentityConditioning().apply(base, adapter, 1.0)[0]
+        patched = pack.nodes.identity.RevPersIdentityConditioning.execute(base, adapter, 1.0)[0]
         pos, neg = om.conditioning("default", "inversion")
-        pack.nodes.inversion.RevPersInvert().invert(patched, om.latent("default"), pos, neg, -10.0, 2, 0.7, 0)
+        pack.nodes.inversion.RevPersInvert.execute(patched, om.latent("default"), pos, neg, -10.0, 2, 0.7, 0)
     assert seen == [2, 2]  # once per step, on the batch of both branches
     from revpers_core.faceid import LoraForward
     lora_forwards = sum(isinstance(p, LoraForward) for p in patched.object_patches.values())

@@ -14,7 +14,7 @@ def models(tiny_sdxl):
 def invert(pack, models, steps, seed=0, latent=None):
     pos, neg = om.conditioning("default", "inversion")
     latent = om.latent("default") if latent is None else latent
-    return pack.nodes.inversion.RevPersInvert().invert(models["inversion"], latent, pos, neg, -10.0, steps, 0.7, seed)
+    return pack.nodes.inversion.RevPersInvert.execute(models["inversion"], latent, pos, neg, -10.0, steps, 0.7, seed)
 
 
 def test_clean_mode_reconstructs_x0(pack, models):
@@ -37,13 +37,13 @@ def test_clean_mode_reconstructs_x0(pack, models):
 
 def test_same_seed_same_result_other_seed_other_noise(pack, models):
     gpos, gneg = om.conditioning("default", "generation")
-    sampler = pack.nodes.sampler.RevPersAnonymizedSampler()
+    sampler = pack.nodes.sampler.RevPersAnonymizedSampler
     with torch.inference_mode():
         a, xa = invert(pack, models, 4, seed=7)
         b, xb = invert(pack, models, 4, seed=7)
         c, _ = invert(pack, models, 4, seed=8)
-        out_a = sampler.sample(models["identity"], gpos, gneg, a, -10.0, False, 1024)[0]["samples"]
-        out_b = sampler.sample(models["identity"], gpos, gneg, b, -10.0, False, 1024)[0]["samples"]
+        out_a = sampler.execute(models["identity"], gpos, gneg, a, -10.0, False, 1024)[0]["samples"]
+        out_b = sampler.execute(models["identity"], gpos, gneg, b, -10.0, False, 1024)[0]["samples"]
     assert torch.equal(a.noise_maps, b.noise_maps) and torch.equal(xa["samples"], xb["samples"])
     assert torch.equal(out_a, out_b)
     assert not torch.equal(a.noise_maps, c.noise_maps)
@@ -53,12 +53,12 @@ def test_same_seed_same_result_other_seed_other_noise(pack, models):
 def test_compat_size_conditioning_is_applied(pack, models):
     """reference_size changes the SDXL size conditioning of sampling (and only in reference_compat mode)."""
     gpos, gneg = om.conditioning("default", "generation")
-    sampler = pack.nodes.sampler.RevPersAnonymizedSampler()
+    sampler = pack.nodes.sampler.RevPersAnonymizedSampler
     with torch.inference_mode():
         record, _ = invert(pack, models, 3)
-        at64 = sampler.sample(models["identity"], gpos, gneg, record, -10.0, True, 64)[0]["samples"]
-        at1024 = sampler.sample(models["identity"], gpos, gneg, record, -10.0, True, 1024)[0]["samples"]
-        clean64 = sampler.sample(models["identity"], gpos, gneg, record, -10.0, False, 64)[0]["samples"]
-        clean1024 = sampler.sample(models["identity"], gpos, gneg, record, -10.0, False, 1024)[0]["samples"]
+        at64 = sampler.execute(models["identity"], gpos, gneg, record, -10.0, True, 64)[0]["samples"]
+        at1024 = sampler.execute(models["identity"], gpos, gneg, record, -10.0, True, 1024)[0]["samples"]
+        clean64 = sampler.execute(models["identity"], gpos, gneg, record, -10.0, False, 64)[0]["samples"]
+        clean1024 = sampler.execute(models["identity"], gpos, gneg, record, -10.0, False, 1024)[0]["samples"]
     assert not torch.equal(at64, at1024)
     assert torch.equal(clean64, clean1024)

@@ -3,7 +3,7 @@ category, described, with a tooltip on every input."""
 
 
 def pack_nodes(comfy_inprocess):
-    names = set(comfy_inprocess.NODE_CLASS_MAPPINGS)
+    names = set(comfy_inprocess.nodes.BY_ID)
     assert names, "the pack registers no node"
     return names
 

@@ -36,7 +36,7 @@ def test_core_vae_encode_and_ours(comfy_inprocess):
     vae = standin_vae()
     pixels = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        ours = encode_twice(lambda: latent.RevPersVAEEncode().encode(pixels, vae)[0]["samples"])
+        ours = encode_twice(lambda: latent.RevPersVAEEncode.execute(pixels, vae)[0]["samples"])
         host = encode_twice(lambda: core.VAEEncode().encode(vae, pixels)[0]["samples"])
     spread = float((host[0] - host[1]).abs().max())
     takes_mode = latent.core_vae_encode_takes_mode()
