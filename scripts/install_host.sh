@@ -82,8 +82,11 @@ if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] || [ "$here/scri
     if grep -q -i '^torchaudio' "$host/requirements.txt"; then
         pip install --no-deps "torchaudio==$torchaudio_version"
     fi
-    say "installing the pack's requirements and the test tools"
-    pip install -c "$constraints" -e "$here[test,audit]"
+    say "installing the pack's requirements, its command line and the test tools"
+    # ONNX Runtime: the CPU build unless the venv already holds one (onnxruntime-gpu is kept as it is)
+    extras=cli,test
+    "$venv/bin/python" -c 'import onnxruntime' 2>/dev/null || extras=$extras,cpu
+    pip install -c "$constraints" -e "$here[$extras]"
     pip install -c "$constraints" -r "$here/scripts/test-requirements.txt"
     touch "$stamp"
 fi
