@@ -132,6 +132,18 @@ def guidance_of(graph):
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def combo_choices(spec):
+    """The choices of a combo input as /object_info describes it, or None for any other input: the list
+    itself for a V1 node (`[[choices], {...}]`), the "options" of a V3 node's `["COMBO", {"options": ...}]`."""
+    if not spec:
+        return None
+    if isinstance(spec[0], list):
+        return spec[0]
+    if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+        return spec[1].get("options")
+    return None
+
+
 def check_against_server(graph, object_info, entries):
     """Before any work: every node type exists on the server, and every file-choice input names a
     file the server has. Returns (unknown node types, [MissingFile])."""
@@ -146,7 +158,7 @@ def check_against_server(graph, object_info, entries):
         for name, value in node.get("inputs", {}).items():
             if isinstance(value, list) or name not in declared:
                 continue
-            choices = declared[name][0] if declared[name] else None
+            choices = combo_choices(declared[name])
             if not (isinstance(choices, list) and isinstance(value, str) and value not in choices):
                 continue
             e = by_name.get(value)

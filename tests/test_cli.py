@@ -162,6 +162,22 @@ def test_knobs_land_on_the_nodes_by_class_type():
     assert workflow.apply_knobs(graph, {"skip": None}) == graph
 
 
+def test_files_are_looked_up_in_v1_and_v3_combo_specs():
+    """The server's file lists as /object_info gives them: a V1 node's list, a V3 node's COMBO options
+    (the pack's own loaders are V3 nodes)."""
+    graph = {"1": {"class_type": "RevPersFaceIDAdapterLoader",
+                   "inputs": {"adapter_name": "ip-adapter-faceid_sdxl.bin"}},
+             "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+             "3": {"class_type": "RevPersFaceAnalysisLoader", "inputs": {"model_pack": "buffalo_l"}}}
+    info = {"RevPersFaceIDAdapterLoader": {"input": {"required": {"adapter_name": ["COMBO", {"options": ["a.bin"]}]}}},
+            "CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["b.safetensors"], {}]}}},
+            "RevPersFaceAnalysisLoader": {"input": {"required": {"model_pack": ["COMBO", {"options": ["buffalo_l"]}]}}}}
+    unknown, missing = workflow.check_against_server(graph, info, models.REGISTRY)
+    assert unknown == []
+    assert sorted(m.name for m in missing) == ["ip-adapter-faceid_sdxl.bin", "sd_xl_base_1.0.safetensors"]
+    assert workflow.combo_choices(["INT", {"default": 0}]) is None
+
+
 def test_the_console_script_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "revpers_core.cli", "--help"], capture_output=True, text=True,
                             cwd=REPO)

@@ -181,7 +181,7 @@ def test_missing_and_broken_packs_are_reported_by_the_loader(server):
     folder.mkdir(parents=True, exist_ok=True)
     try:
         info = server.object_info("RevPersFaceAnalysisLoader")["RevPersFaceAnalysisLoader"]
-        packs = info["input"]["required"]["model_pack"][0]
+        packs = info["input"]["required"]["model_pack"][1]["options"]
         assert packs[0] == "buffalo_l" and "revpers_test_empty_pack" in packs
         prompt = {"2": loader(model_pack="revpers_test_empty_pack"),
                   "7": {"class_type": "RevPersAnonymityCheck", "inputs": {

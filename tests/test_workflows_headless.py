@@ -374,7 +374,7 @@ def test_bad_inputs_fail_readably_and_the_server_runs_on(sdxl_server, standin_sd
     vanished.symlink_to(folder / "revpers-test-deleted-target.bin")
     try:
         assert vanished.name in sdxl_server.object_info("RevPersFaceIDAdapterLoader")[
-            "RevPersFaceIDAdapterLoader"]["input"]["required"]["adapter_name"][0]
+            "RevPersFaceIDAdapterLoader"]["input"]["required"]["adapter_name"][1]["options"]
         fails(prepared("anonymize_photo", good_photo, ckpt,
                        RevPersFaceIDAdapterLoader={"adapter_name": vanished.name}),
               "RevPersFaceIDAdapterLoader", vanished.name, "models/ipadapter", "huggingface.co/h94/IP-Adapter-FaceID")
