@@ -182,9 +182,19 @@ def face_chunks(model, latent_shape, faces: int, max_rows: int) -> List[Tuple[in
     max_rows = row_budget.check_max_rows(max_rows)
     if max_rows == 0:
         shape = list(latent_shape[1:])
-        free = comfy.model_management.get_free_memory(model.load_device)
-        max_rows = row_budget.automatic_rows(free, lambda n: model.model.memory_required([n] + shape))
+        max_rows = row_budget.automatic_rows(free_memory(model),
+                                             lambda n: model.model.memory_required([n] + shape))
     return row_budget.face_chunks(faces, max_rows)
+
+
+def free_memory(model) -> float:
+    """The memory a model call may use on the model's device, as the host counts it for this model: its
+    patcher's own count where it has one (current ComfyUI's, which in dynamic VRAM mode adds what the
+    offloader can give back), else the device's free memory."""
+    own = getattr(model, "get_free_memory", None)
+    if callable(own):
+        return float(own(model.load_device))
+    return float(comfy.model_management.get_free_memory(model.load_device))
 
 
 def run_inversion(model, latent: torch.Tensor, positive, negative, guidance: float, steps: int, skip: float, seed: int,
