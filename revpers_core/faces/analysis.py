@@ -1,10 +1,11 @@
-"""InsightFace face analysis: a small loader object with a plain `detect`/`embed`/`get`.
+"""Face analysis: InsightFace's model pack in a small loader object with a plain `detect`/`embed`.
 
 The model pack is InsightFace's `buffalo_l` (SCRFD-10G detector + ArcFace ResNet-50), in the
-folder layout every ComfyUI face pack uses: `<models>/insightface/models/buffalo_l/*.onnx`.
+folder layout every ComfyUI face pack uses: `<models>/insightface/models/buffalo_l/*.onnx`. Its two
+models run on whichever ONNX Runtime is installed (`onnx_pack`, InsightFace's arithmetic without the
+`insightface` package, whose requirement of the CPU `onnxruntime` would displace `onnxruntime-gpu`).
 Nothing is ever downloaded: the files are checked here first, and a missing or broken pack is an
-error naming the folder, the files and where they come from. (InsightFace itself would try to
-download a missing pack with no timeout, and fails with a bare AssertionError on an empty one.)
+error naming the folder, the files and where they come from.
 
 Images are numpy arrays in OpenCV's convention, BGR uint8 HxWx3, as InsightFace expects.
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from . import onnx_pack
 from .align import arcface_crop
 from .records import Detection
 
@@ -83,7 +85,7 @@ def _looks_broken(path: str) -> str:
 
 
 def check_model_dir(model_dir: str, pack: str = DEFAULT_PACK) -> list[str]:
-    """Check a pack folder before InsightFace touches it; returns its .onnx file names."""
+    """Check a pack folder before ONNX Runtime opens it; returns its .onnx file names."""
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(
             f"InsightFace model folder {model_dir} does not exist.\n"
@@ -104,13 +106,11 @@ def check_model_dir(model_dir: str, pack: str = DEFAULT_PACK) -> list[str]:
     return onnx_files
 
 
-def resolve_providers(provider: str):
-    """ONNX Runtime execution providers and InsightFace ctx_id for "auto", "CPU" or "CUDA"."""
-    import onnxruntime
-
-    available = onnxruntime.get_available_providers()
+def resolve_providers(provider: str) -> list[str]:
+    """ONNX Runtime execution providers for "auto", "CPU" or "CUDA"."""
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
+    available = onnx_pack.import_onnxruntime().get_available_providers()
     has_cuda = "CUDAExecutionProvider" in available
     if provider == "CUDA" and not has_cuda:
         raise RuntimeError(
@@ -118,8 +118,8 @@ def resolve_providers(provider: str):
             f"(available: {', '.join(available)}). Install onnxruntime-gpu instead of onnxruntime, "
             "or choose 'auto' or 'CPU'.")
     if provider == "CUDA" or (provider == "auto" and has_cuda):
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"], 0
-    return ["CPUExecutionProvider"], -1
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
 
 
 def check_det_size(det_size: int) -> int:
@@ -138,33 +138,26 @@ class FaceAnalyser:
 
     def __init__(self, model_dir: str, provider: str = "auto", det_size: int = DEFAULT_DET_SIZE,
                  pack: str = DEFAULT_PACK):
-        from insightface.app import FaceAnalysis
-
         self.model_dir = os.path.abspath(model_dir)
         self.pack = pack
         self.det_size = check_det_size(det_size)
         self.provider = provider
         self.files = check_model_dir(self.model_dir, pack)
-        self.providers, ctx_id = resolve_providers(provider)
+        self.providers = resolve_providers(provider)
         try:
-            # An absolute folder as the name: InsightFace uses it as is and never downloads.
-            app = FaceAnalysis(name=self.model_dir, root=os.path.dirname(os.path.dirname(self.model_dir)),
-                               allowed_modules=["detection", "recognition"], providers=self.providers)
-            app.prepare(ctx_id=ctx_id, det_thresh=DEFAULT_THRESHOLD, det_size=(self.det_size, self.det_size))
-        except Exception as exc:  # ONNX Runtime and InsightFace raise bare errors on bad files
-            raise RuntimeError(
-                f"InsightFace could not load the model pack in {self.model_dir} "
-                f"({type(exc).__name__}: {exc}). Files there: {', '.join(self.files)}. "
-                f"{_where_from(pack)}") from exc
-        if "detection" not in app.models or "recognition" not in app.models:
-            found = ", ".join(sorted(app.models)) or "nothing"
+            models = onnx_pack.load_pack(self.model_dir, self.providers)
+        except RuntimeError as exc:  # a file ONNX Runtime cannot open, or a detector of an unknown layout
+            raise RuntimeError(f"{exc}. Files there: {', '.join(self.files)}. {_where_from(pack)}") from exc
+        if models.detector is None or models.recognizer is None:
+            found = ", ".join(f"{name} ({role})" for name, role in models.roles.items() if role) or "nothing"
             raise RuntimeError(
                 f"InsightFace model pack in {self.model_dir} needs a detector and a recognition model; "
                 f"it recognised only: {found}. {_where_from(pack)}")
-        self._app = app
-        self.detector = app.models["detection"]
-        self.recognizer = app.models["recognition"]
-        self._lock = threading.Lock()
+        if not models.detector.has_landmarks:
+            raise RuntimeError(f"the detector {os.path.basename(models.detector.path)} in {self.model_dir} gives "
+                               "no landmarks; a SCRFD model with keypoints (like det_10g.onnx) is needed")
+        self.detector = models.detector
+        self.recognizer = models.recognizer
 
     def __repr__(self):
         return (f"FaceAnalyser({self.pack} from {self.model_dir}, providers={self.providers}, "
@@ -187,19 +180,11 @@ class FaceAnalyser:
     def detect(self, image_bgr: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> list[Detection]:
         """All faces the detector scores at or above `threshold`, most confident first."""
         picture, sx, sy = self._detector_input(image_bgr)
-        with self._lock:
-            self.detector.det_thresh = float(threshold)
-            boxes, kpss = self.detector.detect(picture, input_size=(self.det_size, self.det_size), max_num=0)
-        found = []
+        boxes, points = onnx_pack.detect(self.detector, picture, (self.det_size, self.det_size), float(threshold))
         scale = np.array([sx, sy], dtype=np.float64)
-        for i in range(boxes.shape[0]):
-            if kpss is None:
-                raise RuntimeError(f"the detector in {self.model_dir} gives no landmarks; "
-                                   "a SCRFD model with keypoints (like det_10g.onnx) is needed")
-            box = boxes[i, :4].astype(np.float64).reshape(2, 2) * scale
-            kps = kpss[i].astype(np.float64).reshape(5, 2) * scale
-            found.append(Detection(box=box.reshape(4), landmarks=kps, score=float(boxes[i, 4])))
-        return found
+        return [Detection(box=(boxes[i, :4].astype(np.float64).reshape(2, 2) * scale).reshape(4),
+                          landmarks=points[i].astype(np.float64) * scale, score=float(boxes[i, 4]))
+                for i in range(boxes.shape[0])]
 
     def embed(self, image_bgr: np.ndarray, landmarks_list) -> np.ndarray:
         """L2-normalised ArcFace embeddings [N, 512] (float32) of the faces at the given 5-point
@@ -207,8 +192,7 @@ class FaceAnalyser:
         crops = [arcface_crop(image_bgr, np.asarray(l, dtype=np.float64)) for l in landmarks_list]
         if not crops:
             return np.zeros((0, 512), dtype=np.float32)
-        with self._lock:
-            feats = np.asarray(self.recognizer.get_feat(crops), dtype=np.float64).reshape(len(crops), -1)
+        feats = onnx_pack.embed(self.recognizer, crops).astype(np.float64)
         norms = np.linalg.norm(feats, axis=1, keepdims=True)
         if np.any(norms == 0) or not np.all(np.isfinite(feats)):
             raise RuntimeError("the recognition model returned an all-zero or non-finite embedding")
