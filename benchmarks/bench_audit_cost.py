@@ -49,7 +49,7 @@ def anonymize_seconds(repeat, arch, steps):
     times = []
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "revpers_core", "anonymize", "--example", "group", "-o",
+            cmd = [sys.executable, "-m", "revpers_cli", "anonymize", "--example", "group", "-o",
                    str(Path(tmp) / "out.png"), "--standin-weights", "--standin-arch", arch, "--steps", str(steps),
                    "--models", str(REPO / ".host" / "test-models"), "-q", "--no-retry"]
             done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)

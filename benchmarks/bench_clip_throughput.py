@@ -33,7 +33,7 @@ def marker_frames(n, size=(240, 160)):
 
 
 def timed(argv):
-    from revpers_core import cli
+    from revpers_cli import cli
     t0 = time.perf_counter()
     code = cli.main([str(a) for a in argv])
     if code != 0:
@@ -52,8 +52,8 @@ def main():
 
     from PIL import Image
     from clips import write_clip
-    from revpers_core import cli, servers, workflow
-    from revpers_core.host import default_comfyui_dir
+    from revpers_cli import cli, servers, workflow
+    from revpers_cli.host import default_comfyui_dir
 
     models = REPO / ".host" / "standin-models"
     comfyui = default_comfyui_dir()

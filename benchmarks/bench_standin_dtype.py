@@ -87,7 +87,7 @@ def main(argv=None):
         child(path, a.child, a.attention, a.size, batches, a.calls, a.comfyui)
         return 0
     if not path.is_file():
-        raise SystemExit(f"no SDXL stand-in at {path}: python -m revpers_core.standins --models {a.models} --sdxl")
+        raise SystemExit(f"no SDXL stand-in at {path}: python -m revpers_cli.standins --models {a.models} --sdxl")
     for config in a.configs.split(","):
         t0 = time.time()
         cmd = [sys.executable, __file__, "--child", config, "--models", a.models, "--comfyui", a.comfyui,

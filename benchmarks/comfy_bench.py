@@ -47,7 +47,7 @@ def median(values):
 
 def ensure_standins(models_dir, log=print):
     """The SDXL stand-in checkpoint, its FaceID adapter and buffalo_l in `models_dir` (generated once)."""
-    from revpers_core import standins
+    from revpers_cli import standins
 
     standins.generate(models_dir, checkpoints=("sdxl",), faceid=True, buffalo=True, seed=0, log=log)
 
@@ -92,8 +92,8 @@ class BenchServer:
     """A ComfyUI server for one benchmark (the pack linked into `comfyui`), and a client for it."""
 
     def __init__(self, comfyui, models_dir, workdir, extra_args=(), env=None, gpu=False):
-        from revpers_core.api import ComfyClient
-        from revpers_core.host import ComfyHost
+        from revpers_cli.api import ComfyClient
+        from revpers_cli.host import ComfyHost
 
         workdir = Path(workdir)
         self.host = ComfyHost(comfyui, python=sys.executable, extra_args=server_args(gpu) + list(extra_args),
@@ -342,7 +342,7 @@ def server_env(assignments):
 
 
 def host_dir(value):
-    from revpers_core.host import default_comfyui_dir
+    from revpers_cli.host import default_comfyui_dir
 
     return Path(value) if value else default_comfyui_dir()
 

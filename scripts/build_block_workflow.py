@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from paths import HOST  # noqa: E402
-from revpers_core.host import ComfyHost  # noqa: E402
+from revpers_cli.host import ComfyHost  # noqa: E402
 from webui import fit_view, has_subgraphs, load_ui_workflow, web_ui  # noqa: E402
 
 SOURCE = REPO / "workflows" / "anonymize_photo.json"

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from paths import HOST  # noqa: E402
-from revpers_core.host import ComfyHost  # noqa: E402
+from revpers_cli.host import ComfyHost  # noqa: E402
 from webui import fit_view, web_ui  # noqa: E402
 
 LAYOUT = """(note) => {

@@ -85,7 +85,7 @@ def write_standin_pack(folder, seed=0):
     """Make `folder` hold the stand-in buffalo_l files for `seed`, rewriting only files whose bytes
     differ (so a folder reused across test runs keeps its modification times and any loaded
     analyser stays valid)."""
-    from revpers_core.standins.buffalo_l import write_buffalo_l
+    from revpers_cli.standins.buffalo_l import write_buffalo_l
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -110,7 +110,7 @@ MARKER_FACES = [((170, 210), 60, 11), ((470, 260), 90, 22), ((760, 170), 45, 33)
 
 def marker_photo(width=960, height=540, faces=MARKER_FACES, seed=0):
     """An RGB uint8 picture with a textured, face-free background and marker faces."""
-    from revpers_core.standins.buffalo_l import draw_marker_face
+    from revpers_cli.standins.buffalo_l import draw_marker_face
 
     rng = np.random.default_rng(seed)
     ys, xs = np.mgrid[0:height, 0:width]

@@ -2,7 +2,7 @@
 import os
 from pathlib import Path
 
-from revpers_core.host import default_comfyui_dir
+from revpers_cli.host import default_comfyui_dir
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = default_comfyui_dir()  # $COMFYUI_DIR, else .host/comfyui-$REVPERS_HOST (default 0.3.75)

@@ -27,7 +27,7 @@ from PIL import Image
 from harness import watch_test_log  # noqa: E402
 from paths import ARTIFACTS, HOST, REPO
 
-from revpers_core import standins
+from revpers_cli import standins
 
 SEED = 0
 QUICKSTART_MODELS = Path(os.environ.get("REVPERS_STANDIN_MODELS") or REPO / ".host" / "standin-models")
@@ -83,7 +83,7 @@ def _sdxl_server_module(standin_sdxl, tmp_path_factory, request):
     while other modules run). Before it starts, the session's server is asked to unload its models and drop
     its cache (POST /free), so the two servers do not hold models at once."""
     from harness import TestServer
-    from revpers_core.host import ComfyHost
+    from revpers_cli.host import ComfyHost
 
     session_server = request.getfixturevalue("_server_session")
     session_server.session.post(session_server.url + "/free", json={"unload_models": True, "free_memory": True},
@@ -161,7 +161,7 @@ def background(width, height, seed=0):
 
 def marker_picture(width, height, faces, seed=0):
     """`background` with marker faces ((cx, cy), radius, pattern seed) drawn on it."""
-    from revpers_core.standins.buffalo_l import draw_marker_face
+    from revpers_cli.standins.buffalo_l import draw_marker_face
 
     rgb = background(width, height, seed)
     for centre, radius, pattern in faces:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from paths import REPO, artifact_dir
-from revpers_core import cli, examples, models, servers, workflow
+from revpers_cli import cli, examples, models, servers, workflow
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def test_files_are_looked_up_in_v1_and_v3_combo_specs():
 
 
 def test_the_console_script_entry_point_runs():
-    result = subprocess.run([sys.executable, "-m", "revpers_core.cli", "--help"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "revpers_cli.cli", "--help"], capture_output=True, text=True,
                             cwd=REPO)
     assert result.returncode == 0 and "anonymize" in result.stdout and "models" in result.stdout
     assert "exit codes" in result.stdout
@@ -242,7 +242,7 @@ def test_files_the_server_lacks_are_named_before_upload(comfy_server, photo, tmp
 
 
 def test_an_unreachable_server_is_reported(photo, tmp_path, capsys):
-    from revpers_core.host import free_port
+    from revpers_cli.host import free_port
     code, _, err = run(["anonymize", photo, "-o", tmp_path / "o.png", "--server", f"http://127.0.0.1:{free_port()}",
                         "--workflow", write_workflow(tmp_path, INVERT)], capsys)
     assert code == cli.EXIT_SERVER and "cannot reach a ComfyUI server" in err
@@ -251,8 +251,8 @@ def test_an_unreachable_server_is_reported(photo, tmp_path, capsys):
 def test_the_anonymity_check_text_is_printed(comfy_server, tmp_path, capsys):
     """The pack's own check node (stand-in buffalo_l, a photo with a marker face compared with
     itself): the CLI prints the text of the node's `ui` output."""
-    from revpers_core import standins
-    from revpers_core.standins.buffalo_l import draw_marker_face
+    from revpers_cli import standins
+    from revpers_cli.standins.buffalo_l import draw_marker_face
 
     standins.generate_buffalo(comfy_server.models_dir, seed=0, log=lambda s: None)
     picture = np.full((192, 192, 3), 90, np.uint8)
@@ -289,7 +289,7 @@ def test_standin_weights_run_on_a_local_host_it_starts_and_stops(photo, tmp_path
     started with them as its models folder, the graph runs, the server is stopped, and the banner
     says the output is not an anonymization. The graph names the stand-in checkpoint and adapter
     (set by the CLI) in loaders that do not feed the output, so only the plumbing is exercised."""
-    from revpers_core.host import ComfyHost
+    from revpers_cli.host import ComfyHost
 
     graph = {**INVERT,
              "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
@@ -320,7 +320,7 @@ def test_standin_weights_run_on_a_local_host_it_starts_and_stops(photo, tmp_path
 
 def test_a_host_that_cannot_start_reports_its_log(tmp_path):
     from paths import HOST
-    from revpers_core.host import ComfyHost, HostError
+    from revpers_cli.host import ComfyHost, HostError
 
     host = ComfyHost(HOST, extra_args=["--cpu", "--no-such-option"], startup_timeout=60)
     with pytest.raises(HostError) as e:
@@ -351,7 +351,7 @@ def test_example_group_marker_faces_sit_on_real_faces_and_are_what_the_standin_d
     import cv2
     from faces_fixtures import dlib_faces
     from revpers_core.faces.analysis import FaceAnalyser
-    from revpers_core.standins.buffalo_l import write_buffalo_l
+    from revpers_cli.standins.buffalo_l import write_buffalo_l
 
     source = examples.example_source("group")
     assert source.name == "t1.jpg" and source.parent.name == "images"
@@ -442,7 +442,7 @@ def test_example_job_on_standins_shows_progress_and_the_anonymity_figures(tmp_pa
 def test_standins_are_taken_from_another_models_folder_instead_of_regenerated(tmp_path):
     """Stand-ins with reuse: a current stand-in (same kind, seed and generator) in another models folder
     is hard-linked with its marker; one for another seed is not taken."""
-    from revpers_core import standins
+    from revpers_cli import standins
 
     logs = []
     made = standins.generate_faceid(tmp_path / "quickstart", "sd15", seed=0, log=logs.append)
@@ -481,7 +481,7 @@ def partial_marker_photo(path):
     still sees the real face around it: the model edits a bit of the face, the rest stays recognizable,
     whatever the guidance."""
     from faces_fixtures import insightface_image
-    from revpers_core.standins.buffalo_l import draw_marker_face
+    from revpers_cli.standins.buffalo_l import draw_marker_face
 
     rgb = insightface_image("t1.jpg")[40:520, 400:1040].copy()
     for centre, radius, seed in [((103, 322), 16, 22), ((378, 380), 54, 44), ((534, 91), 65, 55)]:

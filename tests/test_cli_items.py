@@ -23,8 +23,8 @@ from PIL import Image
 from clips import read_clip, truncate, write_audio_only, write_clip
 from harness import TEST_MODELS
 from paths import ARTIFACTS, HOST, REPO, artifact_dir
-from revpers_core import cli, workflow
-from revpers_core.host import ComfyHost
+from revpers_cli import cli, workflow
+from revpers_cli.host import ComfyHost
 from standin_models import marker_picture
 
 FAST = ["--steps", "2", "--crop-size", "64"]
@@ -85,7 +85,7 @@ def photo_folder(folder, tag, n=PHOTOS):
 
 def prompts_per_item(host_url, tag):
     """How many prompts the server ran for each item of `tag` (its LoadImage names the uploaded file)."""
-    from revpers_core.api import ComfyClient
+    from revpers_cli.api import ComfyClient
     with ComfyClient(host_url) as client:
         history = client.history()
     count = {}
@@ -108,7 +108,7 @@ def journal(out):
 
 
 def cli_process(args):
-    return subprocess.Popen([sys.executable, "-m", "revpers_core.cli", "anonymize", *map(str, args)],
+    return subprocess.Popen([sys.executable, "-m", "revpers_cli.cli", "anonymize", *map(str, args)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

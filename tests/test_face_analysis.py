@@ -9,7 +9,7 @@ import torch
 
 from faces_fixtures import MARKER_FACES, marker_photo, record_figures, to_float, write_standin_pack
 from revpers_core.faces import analysis, metrics, pipeline
-from revpers_core.standins.buffalo_l import expected_face
+from revpers_cli.standins.buffalo_l import expected_face
 
 
 @pytest.fixture(scope="module")

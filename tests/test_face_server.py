@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from faces_fixtures import MARKER_FACES, marker_photo, record_figures, save_rgb, write_standin_pack
-from revpers_core.standins.buffalo_l import expected_face
+from revpers_cli.standins.buffalo_l import expected_face
 
 AREA = "faces"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from faces_fixtures import MARKER_FACES, marker_photo, record_figures, write_standin_pack
-from revpers_core.standins.buffalo_l import (FILES, MarkerFaces, draw_marker_face, expected_face,
+from revpers_cli.standins.buffalo_l import (FILES, MarkerFaces, draw_marker_face, expected_face,
                                              write_buffalo_l)
 
 SIGNATURES = {

@@ -113,7 +113,7 @@ def test_paste_back_keeps_every_frame_and_the_faceless_one_unchanged(clip, analy
 def test_audit_reports_the_interpolated_faces(clip, analyser):
     """Each face replaced by a marker face of another pattern (an outsider), pasted back: the audit of the
     saved frames passes and names the faces tracking interpolated."""
-    from revpers_core.standins.buffalo_l import draw_marker_face
+    from revpers_cli.standins.buffalo_l import draw_marker_face
 
     faces = clip["faces"]
     size = clip["crops"].shape[1]

@@ -13,7 +13,7 @@ from oracle_model import adapter_path, golden
 from revpers_core.faceid import (AdapterMismatch, FaceIDAdapter, faceid_adapter_from_state_dict,
                                  load_faceid_adapter)
 from revpers_core.modulation import modulate_identity
-from revpers_core.standins.faceid import faceid_layout
+from revpers_cli.standins.faceid import faceid_layout
 
 
 def _nested(flat):

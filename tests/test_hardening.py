@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from paths import HOST, REPO
-from revpers_core import cli
+from revpers_cli import cli
 from test_cli import INVERT, run
 
 
@@ -51,7 +51,7 @@ def test_a_server_does_not_outlive_a_starter_killed_with_sigkill(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(REPO)!r})
-        from revpers_core.host import ComfyHost
+        from revpers_cli.host import ComfyHost
         host = ComfyHost({str(HOST)!r}, extra_args=["--cpu"], startup_timeout=240)
         host.start()
         print(host.process.pid, host._watchdog.pid, flush=True)
@@ -75,7 +75,7 @@ def test_a_server_killed_mid_run_gives_a_clear_message_and_no_output(tmp_path):
     """The CLI's own local server is killed (by its PID) while the graph runs: exit code 4, a message
     that says the job was lost and how the server ended, and no output file."""
     out = tmp_path / "never.png"
-    cmd = [sys.executable, "-m", "revpers_core", "anonymize", "--example", "group", "-o", str(out),
+    cmd = [sys.executable, "-m", "revpers_cli", "anonymize", "--example", "group", "-o", str(out),
            "--standin-weights", "--standin-arch", "sd15", "--models", str(REPO / ".host" / "test-models")]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []

@@ -1,10 +1,10 @@
-"""Clips on this side of the server (revpers_core.media, PyAV): what comes in is decoded whole or refused
+"""Clips on this side of the server (revpers_cli.media, PyAV): what comes in is decoded whole or refused
 with its reason; what goes out keeps frame count, order, timing and the audio stream."""
 import numpy as np
 import pytest
 
 from clips import read_clip, truncate, write_audio_only, write_clip, write_no_frames
-from revpers_core import media
+from revpers_cli import media
 
 
 def frames(n=8, size=(96, 64), seed=0):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import oracle_model as om
-from revpers_core import standins
+from revpers_cli import standins
 from revpers_core.faceid import AdapterMismatch, load_faceid_adapter
-from revpers_core.standins.faceid import make_faceid_state_dict
+from revpers_cli.standins.faceid import make_faceid_state_dict
 
 
 @pytest.fixture(scope="module")

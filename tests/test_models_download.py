@@ -11,8 +11,8 @@ import zipfile
 
 import pytest
 
-from revpers_core import cli, models
-from revpers_core.standins.faceid import write_faceid_bin
+from revpers_cli import cli, models
+from revpers_cli.standins.faceid import write_faceid_bin
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from paths import REPO
 from revpers_core.environment import ONNXRUNTIME_DISTRIBUTIONS
-from revpers_core.host import DEFAULT_HOST
+from revpers_cli.host import DEFAULT_HOST
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # the values the Registry's own parser accepts (ComfyUI's comfy_config/config_parser.py)
@@ -83,7 +83,7 @@ def _ignored(path, patterns):
 
 
 def test_the_published_archive_holds_the_node_pack_only():
-    """.comfyignore (gitignore syntax) keeps tests, benchmarks, scripts, docs and CI out of the archive;
+    """.comfyignore (gitignore syntax) keeps tests, benchmarks, scripts, docs, CI and the command line out of the archive;
     what ComfyUI loads (the entry point, nodes, the method, the web extension, the workflows) stays."""
     if not (REPO / ".git").exists() or not shutil.which("git"):
         pytest.skip("not a git checkout")
@@ -92,7 +92,7 @@ def test_the_published_archive_holds_the_node_pack_only():
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.split()
     shipped = [p for p in tracked if not _ignored(p, patterns)]
-    for folder in ("tests/", "benchmarks/", "scripts/", ".ci/", "docs/"):
+    for folder in ("tests/", "benchmarks/", "scripts/", ".ci/", "docs/", "revpers_cli/"):
         assert not [p for p in shipped if p.startswith(folder)], f"{folder} would ship"
     for needed in ("__init__.py", "pyproject.toml", "requirements.txt", "LICENSE", "README.md",
                    "web/revpers.js", "workflows/anonymize_photo.json", "workflows/api/anonymize_photo.json"):

@@ -14,7 +14,7 @@ import pytest
 
 from faces_fixtures import insightface_image, outsiders, put_faces, to_float
 from paths import artifact_dir
-from revpers_core import cli
+from revpers_cli import cli
 from revpers_core.faces import recognizers
 
 pytestmark = pytest.mark.skipif(not recognizers.dlib_available(), reason="dlib and its models are not installed")

@@ -14,11 +14,11 @@ import torch
 
 from paths import REPO
 from standin_models import QUICKSTART_MODELS
-from revpers_core import standins
-from revpers_core.standins import faceid, layout
-from revpers_core.standins.__main__ import main as standins_main
-from revpers_core.standins.checkpoint import write_safetensors_streamed
-from revpers_core.standins.values import checkpoint_value
+from revpers_cli import standins
+from revpers_cli.standins import faceid, layout
+from revpers_cli.standins.__main__ import main as standins_main
+from revpers_cli.standins.checkpoint import write_safetensors_streamed
+from revpers_cli.standins.values import checkpoint_value
 
 # The real files' published sizes (h94/IP-Adapter-FaceID): the stand-in must come within the
 # container's overhead of them.
@@ -189,11 +189,11 @@ def test_cli_requires_a_choice(tmp_path, capsys):
 
 
 def test_the_command_line_generates_files_identical_to_the_function_and_keeps_them(tmp_path):
-    """`python -m revpers_core.standins` (what an installed pack has, run outside the checkout) writes the
+    """`python -m revpers_cli.standins` (what an installed pack has, run outside the checkout) writes the
     same files as `standins.generate`; a second run keeps them."""
     models = tmp_path / "command"
     for _ in range(2):
-        run = subprocess.run([sys.executable, "-m", "revpers_core.standins", "--models", str(models), "--buffalo"],
+        run = subprocess.run([sys.executable, "-m", "revpers_cli.standins", "--models", str(models), "--buffalo"],
                              cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
         assert run.returncode == 0, run.stderr
     assert "kept" in run.stdout
@@ -329,7 +329,7 @@ def test_a_checkpoint_of_another_layout_is_made_again(tmp_path, monkeypatch):
     """A checkpoint whose marker records no layout (written before layout.py, by ComfyUI's saving code) or
     another one is regenerated, and is not taken from a `reuse` folder; one with the current layout is
     kept. (The writer is replaced by a small one: what is tested is which files are kept.)"""
-    from revpers_core.standins import checkpoint, store
+    from revpers_cli.standins import checkpoint, store
 
     written = []
 
@@ -512,7 +512,7 @@ def test_a_misnamed_tensor_is_found_by_the_load_check(tmp_path):
 def test_a_disk_too_full_for_a_standin_is_said_before_writing(tmp_path, monkeypatch, capsys):
     """The free space is checked against the file's size first: the error names the file, both sizes and
     the fix, nothing is left half-written, and the command line prints it as one line and exits 1."""
-    from revpers_core.standins import store
+    from revpers_cli.standins import store
     free = 500e6  # a disk with 0.5 GB free, too little for the 1.07 GB SDXL adapter
     monkeypatch.setattr(store.shutil, "disk_usage", lambda folder: type("Usage", (), {"free": free})())
     with pytest.raises(OSError, match=r"not enough disk space to generate the SDXL stand-in FaceID adapter: "

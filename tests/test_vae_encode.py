@@ -11,8 +11,8 @@ import torch
 def standin_vae():
     import comfy.sd
 
-    from revpers_core.standins.layout import checkpoint_layout
-    from revpers_core.standins.values import checkpoint_value
+    from revpers_cli.standins.layout import checkpoint_layout
+    from revpers_cli.standins.values import checkpoint_value
 
     prefix = "first_stage_model."  # the VAE's tensors in the SD1.5 checkpoint layout, without it
     shapes = {key[len(prefix):]: shape for key, (shape, _) in checkpoint_layout("sd15").items()

@@ -48,7 +48,7 @@ def test_every_ui_workflow_has_an_api_twin():
 def frontends_own_errors(tmp_path_factory):
     """The page errors of this host's front end without the pack: the same page opened on a copy of
     the host whose custom_nodes folder is empty, after loading its default graph."""
-    from revpers_core.host import ComfyHost
+    from revpers_cli.host import ComfyHost
 
     bare = tmp_path_factory.mktemp("bare-host") / "ComfyUI"
     top_level = {"custom_nodes", "models", "input", "output", "user", "temp", ".git"}
@@ -193,8 +193,8 @@ def test_a_nodes_report_shows_on_the_node_and_a_failure_paints_it_red(page, fron
     import numpy as np
     from PIL import Image
 
-    from revpers_core import standins
-    from revpers_core.standins.buffalo_l import draw_marker_face
+    from revpers_cli import standins
+    from revpers_cli.standins.buffalo_l import draw_marker_face
 
     standins.generate_buffalo(comfy_server.models_dir, seed=0, log=lambda s: None)
     picture = np.full((192, 192, 3), 90, np.uint8)

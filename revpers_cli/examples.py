@@ -1,6 +1,6 @@
 """--example NAME: photos that ship with an installed package, so the quick start needs no download.
 
-The stand-in face detector (revpers_core/standins/buffalo_l.py) takes only magenta "marker faces" for
+The stand-in face detector (revpers_cli/standins/buffalo_l.py) takes only magenta "marker faces" for
 faces, so with --standin-weights marker faces are drawn over every real face of the photo, at the
 positions dlib's HOG detector finds them (box centre, radius ~0.6 x the box side): the audit looks for
 faces with dlib too, and would rightly fail the run on a real face left visible. With real weights the

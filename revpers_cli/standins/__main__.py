@@ -1,6 +1,6 @@
-"""python -m revpers_core.standins: generate stand-in model files into a ComfyUI-style models folder.
+"""python -m revpers_cli.standins: generate stand-in model files into a ComfyUI-style models folder.
 
-    python -m revpers_core.standins --models DIR [--seed 0] [--sdxl] [--sd15] [--faceid] [--buffalo] [--all]
+    python -m revpers_cli.standins --models DIR [--seed 0] [--sdxl] [--sd15] [--faceid] [--buffalo] [--all]
                                     [--reuse OTHER_DIR ...] [--verify [--low-memory] [--size 64]]
 """
 import argparse
@@ -13,7 +13,7 @@ from .verify import weight_problems
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m revpers_core.standins",
+    p = argparse.ArgumentParser(prog="python -m revpers_cli.standins",
                                 description="Generate stand-in model files (exact formats, random values: NOT real "
                                             "models) into a ComfyUI-style models folder.")
     p.add_argument("--models", required=True, help="models base folder (gets checkpoints/, ipadapter/, insightface/)")

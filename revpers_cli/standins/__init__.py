@@ -3,10 +3,10 @@ real models, with seeded random values, for tests and demos on machines without 
 They prove that loaders, graphs and the whole pipeline work end to end; their output is noise, never a
 real anonymization. They are generated on demand and never shipped.
 
-    from revpers_core import standins
+    from revpers_cli import standins
     standins.generate(models_dir, checkpoints=["sdxl"], faceid=True, buffalo=True)
 
-or from a shell: `python -m revpers_core.standins --models DIR --all` (see __main__.py). Into a
+or from a shell: `python -m revpers_cli.standins --models DIR --all` (see __main__.py). Into a
 ComfyUI-style models folder:
 
     checkpoints/revpers-standin-sdxl.safetensors   full SDXL key layout (2,515 keys, 6.9 GB, fp16)

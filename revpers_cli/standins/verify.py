@@ -2,7 +2,7 @@
 weight of the loaded UNet, text encoders and VAE with the file, encode a prompt, take one sampling step
 and run the VAE both ways; the numbers must be finite.
 
-`verify_checkpoint(path)` runs the check in a child process (`python -m revpers_core.standins.verify`),
+`verify_checkpoint(path)` runs the check in a child process (`python -m revpers_cli.standins.verify`),
 so the memory of the loaded model is given back when it ends; the child prints its report as one JSON
 line after `VERIFY `.
 """

@@ -15,7 +15,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import guarantee, media, workflow
+from . import media, workflow
+from revpers_core import guarantee
 from .api import PromptRejected, ServerGone
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNANONYMIZED, CliError
 from .progress import NodeProgress, say

@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from . import guarantee
+from revpers_core import guarantee
 from . import models as model_registry
 
 __all__ = ["WorkflowError", "SHIPPED", "KNOBS", "OUTPUT_CLASSES", "CHECK_CLASSES", "find_workflow",

@@ -21,7 +21,7 @@ class Server:
     """One server of the job: its URL, the host process when the CLI started it, and its state."""
 
     url: str
-    host: object = None              # revpers_core.host.ComfyHost when started here
+    host: object = None              # revpers_cli.host.ComfyHost when started here
     gone: str = ""                   # why it left the job ("" while usable)
     items: list = field(default_factory=list)  # labels of the items it finished
 

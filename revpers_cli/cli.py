@@ -9,10 +9,10 @@
     revpers audit originals/ anonymized/                     # the audit of a set, offline
 
 `anonymize` runs the shipped API-format workflows ("anonymize every face in a photo", and "... in a
-clip" for clips): it sets the knobs below on their nodes (revpers_core.workflow), then each item goes
-through one server as a Job (revpers_core.job: upload, queue, follow with a progress bar, guaranteed
+clip" for clips): it sets the knobs below on their nodes (revpers_cli.workflow), then each item goes
+through one server as a Job (revpers_cli.job: upload, queue, follow with a progress bar, guaranteed
 mode's retries, download, write); many items are handed out over the servers with a journal to
-resume from and a manifest of every item and face (revpers_core.batch). Failures exit non-zero with
+resume from and a manifest of every item and face (revpers_cli.batch). Failures exit non-zero with
 the server's own message.
 """
 import argparse
@@ -27,7 +27,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import batch, guarantee, media, servers, standins, workflow
+from . import batch, media, servers, standins, workflow
+from revpers_core import guarantee
 from . import models as model_registry
 from .api import ComfyError, ServerGone
 from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_MISSING, EXIT_OK, EXIT_SERVER,  # noqa: F401 (exit codes)
@@ -40,7 +41,7 @@ from .progress import NodeProgress, say
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The file names the stand-ins have (revpers_core.standins), as the workflows' loaders name them.
+# The file names the stand-ins have (revpers_cli.standins), as the workflows' loaders name them.
 STANDIN_CHECKPOINT = {arch: Path(path).name for arch, path in standins.CHECKPOINTS.items()}
 STANDIN_ADAPTER = {arch: Path(path).name for arch, path in standins.FACEID.items()}
 # Small defaults for the installation check (random weights, CPU): options given explicitly win.
@@ -131,8 +132,8 @@ def _validate(p, a):
 def _validate_knobs(p, a):
     """Each knob by its owner's rule (the solver's for steps, skip and seed; alignment's for the crop size),
     so the command line refuses exactly what the server would."""
-    from .faces import align, recognizers
-    from . import solver
+    from revpers_core.faces import align, recognizers
+    from revpers_core import solver
     for option, value, check in (("--steps", a.steps, solver.check_steps), ("--skip", a.skip, solver.check_skip),
                                  ("--seed", a.seed, solver.check_seed), ("--crop-size", a.crop_size,
                                                                           align.check_crop_size)):
@@ -250,9 +251,9 @@ def _host_dir(p, a):
 
 def generate_standins(models_dir, arch, comfyui_dir):
     """The stand-ins of `arch` (checkpoint, FaceID adapter, buffalo_l) in `models_dir`, generated once by
-    `python -m revpers_core.standins` in a child process (the SDXL one peaks near 8 GiB, given back when it
+    `python -m revpers_cli.standins` in a child process (the SDXL one peaks near 8 GiB, given back when it
     ends), its lines relayed; kept when already there."""
-    cmd = [sys.executable, "-m", "revpers_core.standins", "--models", str(models_dir), f"--{arch}", "--faceid",
+    cmd = [sys.executable, "-m", "revpers_cli.standins", "--models", str(models_dir), f"--{arch}", "--faceid",
            "--buffalo", "--comfyui", str(comfyui_dir)]
     say(f"generating stand-in weights into {models_dir} (once; later runs reuse them)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -428,7 +429,7 @@ def _buffalo_folder(models):
 
 
 def _validate_audit(p, a):
-    from .faces import recognizers
+    from revpers_core.faces import recognizers
     for name, value, bounds in (("--arcface-threshold", a.arcface_threshold, recognizers.ARCFACE_BOUNDS),
                                 ("--dlib-threshold", a.dlib_threshold, recognizers.DLIB_BOUNDS)):
         if not bounds[0] <= value <= bounds[1]:
@@ -441,10 +442,10 @@ def _validate_audit(p, a):
 
 
 def _offline_auditor(a):
-    from .faces import set_audit
+    from revpers_core.faces import set_audit
     analyser = None
     if a.models:
-        from .faces.analysis import load_analyser
+        from revpers_core.faces.analysis import load_analyser
         analyser = load_analyser(str(_buffalo_folder(a.models)), provider="CPU", det_size=640)
     try:
         return set_audit.make_offline_auditor(analyser, a.arcface_threshold, a.dlib_threshold, not a.no_dlib)
@@ -462,7 +463,7 @@ def _read_for_audit(path):
 
 def run_audit(p, a):
     from tqdm import tqdm
-    from .faces import set_audit
+    from revpers_core.faces import set_audit
 
     _validate_audit(p, a)
     try:
@@ -563,8 +564,8 @@ def _add_item_options(an):
 
 
 def _add_method_options(an):
-    from . import solver
-    from .faces import align
+    from revpers_core import solver
+    from revpers_core.faces import align
     g = an.add_argument_group("the method (left out: the workflow's values, the paper's defaults)")
     g.add_argument("--guidance", type=float, help="identity guidance scale; negative pushes away (default -10); "
                    "0 or more does not anonymize and is refused without --force")
@@ -591,7 +592,7 @@ def _add_method_options(an):
 
 
 def _add_audit_options(an):
-    from .faces import recognizers
+    from revpers_core.faces import recognizers
     g = an.add_argument_group("the audit and guaranteed mode")
     g.add_argument("--allow-unanonymized", action="store_true", help="write the photo even when the audit finds "
                    "a face still recognizable; it is then marked NOT ANONYMIZED (default: fail, write nothing)")
@@ -663,7 +664,7 @@ def _models_parser(sub):
 
 
 def _audit_parser(sub):
-    from .faces import recognizers
+    from revpers_core.faces import recognizers
     au = sub.add_parser("audit", help="audit a folder of anonymized photos against their originals, offline",
                         description="The audit of the saved images over a whole set: the photos of ANONYMIZED "
                         "matched to those of ORIGINALS by file name; every original face against what is at its "
