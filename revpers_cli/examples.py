@@ -28,7 +28,10 @@ def example_source(name):
     spec = EXAMPLES[name]
     found = importlib.util.find_spec(spec["package"])
     if found is None or not found.submodule_search_locations:
-        raise CliError(f"--example {name} needs the {spec['package']} package (pip install {spec['package']})",
+        # only the photo file is needed: --no-deps keeps the package's own requirements (for insightface, the
+        # CPU onnxruntime) out of the environment
+        raise CliError(f"--example {name} needs the photo that ships with the {spec['package']} package "
+                       f"(pip install --no-deps {spec['package']})",
                        EXIT_USAGE)
     path = Path(list(found.submodule_search_locations)[0]) / spec["path"]
     if not path.is_file():

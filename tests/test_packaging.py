@@ -47,6 +47,32 @@ def test_no_onnx_runtime_build_is_forced_on_the_user():
     assert [_name(r) for r in extras["gpu"]] == ["onnxruntime-gpu"]
 
 
+def _requires(name):
+    """The distributions ``name`` (installed) asks for, extras and environment-marked ones left out."""
+    from importlib import metadata
+
+    try:
+        found = metadata.requires(name) or []
+    except metadata.PackageNotFoundError:
+        return None
+    return [_name(r) for r in found if ";" not in r]
+
+
+def test_nothing_the_node_pack_installs_pulls_in_an_onnx_runtime():
+    """Followed through the installed packages' own requirements: no dependency of the node pack asks
+    for onnxruntime (insightface's releases do, which is why the pack runs its models itself)."""
+    seen, todo = set(), [_name(r) for r in PYPROJECT["project"]["dependencies"] if _name(r) != "torch"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        asked = _requires(name)
+        assert asked is not None, f"{name} is not installed here"
+        assert not set(asked) & set(ONNXRUNTIME_DISTRIBUTIONS), f"{name} asks for {asked}"
+        todo += asked
+
+
 def test_the_command_lines_dependencies_are_an_extra_not_the_node_packs():
     cli = {_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["cli"]}
     assert {"requests", "websocket-client", "tqdm", "av"} <= cli
