@@ -158,10 +158,17 @@ def _keeping_context_products(unet) -> contextlib.ExitStack:
     return stack
 
 
+def heap_settings(model):
+    """While a run of ``model`` lasts: on the CPU, the C heap keeps what a model call frees for the next one
+    and hands it back after (revpers_core.heap); on any other device nothing (the casts live there)."""
+    if torch.device(model.load_device).type == "cpu":
+        return heap.freed_pages_kept()
+    return contextlib.nullcontext(False)
+
+
 def _sample_chunk(model, options, run: _SolverRun, latent, guidance, sigmas, positive, negative,
                   seed) -> torch.Tensor:
-    # the C heap keeps what a model call frees for the next one while the run lasts, and hands it back after
-    with heap.freed_pages_kept(), _on_loaded_unet(model, options) as unet, _keeping_context_products(unet):
+    with heap_settings(model), _on_loaded_unet(model, options) as unet, _keeping_context_products(unet):
         return comfy.sample.sample_custom(unet, torch.zeros_like(latent), float(guidance), run.sampler(), sigmas,
                                           positive, negative, latent, disable_pbar=True, seed=int(seed))
 

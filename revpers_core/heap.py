@@ -1,43 +1,24 @@
-"""Handing the C heap's free memory back to the system after a run.
+"""The C heap's free memory during and after a run of the model on the CPU.
 
-A run on the CPU allocates and frees thousands of activations and temporaries of a few KiB to a few
-MiB. The C library's allocator (glibc's malloc) keeps what is freed inside its heaps (one per thread
-that allocated: ComfyUI runs prompts on a worker thread) for reuse, and gives back to the system only
-the free memory at the very top of a heap. Freed blocks below a live one stay resident: memory the
-process holds that no tensor uses. In a server with the full-size SDXL stand-in, after three runs of
-the two-face photo workflow, that was about 0.8 GiB, against 0.1 GiB after ComfyUI's own sampler; the
-next run reuses it, so it does not grow, but it counts against every other program on the machine
-until the server stops.
+A run on the CPU allocates and frees many activations, temporaries and weight casts (every model call
+casts the UNet's weights to the compute dtype and frees the casts again, tens of MiB at a time). glibc's
+malloc keeps freed blocks inside its heaps, hands back only the free top of a heap once it passes a
+threshold, deletes a thread's heap as soon as it empties, and gives blocks above its mmap threshold
+mappings of their own that are unmapped when freed. Between model calls of one run that is waste: the
+next call's casts land in fresh pages, each of which the kernel must map and zero. After the run it
+is the other way round: freed blocks below a live one stay resident, memory the process holds that no
+tensor uses, which counts against every other program until the server stops.
 
-`release_free_heap` asks glibc to hand back every whole free page of all its heaps (``malloc_trim(0)``).
-Nothing live moves and no value changes; a page handed back is given again, zeroed, when it is next
-written. Where the C library is not glibc (macOS, Windows, musl), there is no such call and it does
-nothing.
-
-While a run lasts, the opposite is wanted. Every model call casts the UNet's weights to float32 and frees
-the casts again, tens of MiB at a time. By default glibc hands the free top of a heap back as soon as it
-passes its trim threshold, and deletes a thread's 64 MiB heap as soon as it empties; the next call's casts
-then land in fresh pages, and each page costs the kernel a fault (mapping and zeroing it). Measured in one
-process on the full-size SDXL stand-in (benchmarks/bench_interleaved_runs.py), ComfyUI's own sampler took
-3.7-4.1 million such faults per 10 calls and the pack's runs 8.9-12.6 million, 0.8-1.8 s per million on
-this CPU. `freed_pages_kept` holds the freed pages in the heaps for the next call while the run lasts
-(glibc's ``M_TOP_PAD`` and ``M_TRIM_THRESHOLD``), then puts those two back to glibc's defaults and hands the
-free memory back as above. It also fixes the size from which a block gets its own mapping
-(``M_MMAP_THRESHOLD``) at 32 MiB, the largest value glibc's own adjustment of it reaches: glibc stops
-adjusting it once any of the three is set, and a process's first run must not freeze it at its
-starting value of 128 KiB. That one is not put back.
-
-Blocks over that threshold still got mappings of their own, unmapped again when freed: on SDXL the
-float32 casts of the 1280-channel 3x3 convolutions (56.25 MiB) and feed-forward projections (50 MiB), a
-dozen or so each per call. Which of them found room in a heap instead depended on what else the heaps
-held, and so varied from run to run: counted in one server (munmap calls, with perf), a 20-call run of
-ComfyUI's own sampler unmapped 20 of them, one of the pack's 399, about 21 GiB of fresh pages. While
-a run lasts no block gets a mapping of its own where a heap can hold it (``M_MMAP_MAX`` 0): a thread's
-heap holds up to 64 MiB, so those casts land in a heap that is kept for the next call; larger blocks
-are still mapped, as glibc does when no heap can hold them. After the run glibc's default (65536
-mappings) is put back. A process started with malloc options of its own
-(``MALLOC_TOP_PAD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_MMAP_MAX_``, or
-``glibc.malloc`` tunables of those names) is left as it was started.
+`freed_pages_kept` therefore keeps freed pages in the heaps while a run lasts (glibc's ``M_TOP_PAD``,
+``M_TRIM_THRESHOLD``; ``M_MMAP_MAX`` 0 so that blocks a heap can hold get no mapping of their own;
+``M_MMAP_THRESHOLD`` fixed at 32 MiB, the top of glibc's own adjustment of it, which stops once any of
+these is set), then puts glibc's defaults back and hands every whole free page back
+(`release_free_heap`, ``malloc_trim(0)``). Nothing live moves and no value changes. Where the C library
+is not glibc (macOS, Windows, musl) only nothing happens; a process started with malloc options of its
+own (``MALLOC_TOP_PAD_`` and the like, or ``glibc.malloc`` tunables of those names) is left as started.
+The pack applies this only to runs whose model computes on the CPU (nodes/_diffusion_runs.py): on a GPU
+the weights and their casts live in the card's memory, where these settings do nothing
+(benchmarks/bench_interleaved_runs.py measures the CPU case; docs/performance.md has the figures).
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-"""The automatic row budget (max_rows 0) counts the memory the host says a model call may use for this
-model: the patcher's own count where it has one (current ComfyUI: in dynamic VRAM mode it adds what the
-offloader can give back), else the device's free memory."""
+"""What the runs take from the host for the model's device: the automatic row budget (max_rows 0) counts
+the memory the host says a model call may use for this model (the patcher's own count where it has one:
+current ComfyUI's, which in dynamic VRAM mode adds what the offloader can give back; else the device's
+free memory), and the C heap settings apply only where the model computes on the CPU."""
 import torch
 
-from revpers_core import row_budget
+from revpers_core import heap, row_budget
 
 
 def test_the_automatic_row_budget_reads_the_patchers_own_free_memory(pack, tiny_sdxl):
@@ -24,3 +25,13 @@ def test_the_automatic_row_budget_reads_the_patchers_own_free_memory(pack, tiny_
     assert runs.free_memory(model) > 0
     assert runs.face_chunks(model, shape, 3, 4) == [(0, 2), (2, 3)]  # a given max_rows counts no memory
     assert torch.device(model.load_device).type == "cpu"
+
+
+def test_the_heap_settings_are_for_runs_on_the_cpu_only(pack, tiny_sdxl):
+    runs = pack.nodes._diffusion_runs
+    model = tiny_sdxl["identity"].clone()
+    with runs.heap_settings(model) as kept:  # the CPU: glibc's settings take where they can
+        assert kept == (heap.can_release() and not heap.user_tuned())
+    model.load_device = torch.device("cuda", 0)  # only read: nothing runs on it
+    with runs.heap_settings(model) as kept:
+        assert kept is False
