@@ -69,7 +69,13 @@ class ModelFile:
         return self.source.url + (f" (unpacked into {unpack}/)" if unpack else "")
 
     def problem(self, path, verify=False):
-        """Why the file at `path` is not this one (wrong size; with `verify`, wrong sha256), or None."""
+        """Why the file at `path` is not this one (a stand-in; wrong size; with `verify`, wrong sha256), or
+        None."""
+        from .standins.store import standin_evidence
+        evidence = standin_evidence(path)
+        if evidence:
+            return (f"a STAND-IN with random weights, made for --standin-weights ({evidence}), NOT the real "
+                    "model")
         size = path.stat().st_size
         if self.size is not None and size != self.size:
             return f"{size} bytes, expected {self.size}"

@@ -497,6 +497,31 @@ def _one_block(tensors: Sequence[torch.Tensor]) -> list:
 # ---------------------------------------------------------------------------------------------
 # loading
 
+# torch enforces weights_only safely from 2.6 on: before it, a crafted pickle could run code through
+# torch.load(weights_only=True) (CVE-2025-32434). The pack's pyproject allows older torch, so a pickled
+# adapter is only read on a torch that is new enough; safetensors never runs code on any.
+SAFE_PICKLE_TORCH = (2, 6)
+
+
+def _release(version: str) -> tuple[int, int]:
+    """(major, minor) of a torch version string ("2.5.1+cu121" -> (2, 5)); (0, 0) when unreadable."""
+    found = re.match(r"^\s*(\d+)\.(\d+)", str(version))
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+
+
+def pickle_loading_refusal(name: str, torch_version: str | None = None) -> str | None:
+    """Why a pickled (.bin) adapter must not be loaded on this torch, or None when it may: the one place that
+    decides whether torch.load(weights_only=True) can be trusted here."""
+    version = torch.__version__ if torch_version is None else torch_version
+    if _release(version) >= SAFE_PICKLE_TORCH:
+        return None
+    need = ".".join(map(str, SAFE_PICKLE_TORCH))
+    return (f"FaceID adapter '{name}' was not loaded: it is a pickle (.bin), and torch {version} does not enforce "
+            f"weights_only safely (CVE-2025-32434: before torch {need} a crafted .bin can run code even when loaded "
+            f"with weights_only=True). Upgrade torch to {need} or later (pip install -U \"torch>={need}\"), or "
+            f"use a .safetensors conversion of the adapter, which is safe on any torch.")
+
+
 def _refused_pickle(name: str, err: Exception) -> ValueError:
     found = re.search(r"(Unsupported global: GLOBAL [^\s]+|Unsupported operand [^\s]+|GLOBAL [^\s]+)", str(err))
     what = f": {found.group(1).rstrip('.')}" if found else ""
@@ -549,6 +574,9 @@ def _load_state(path: str, mmap: bool = False) -> Mapping:
             raise ValueError(f"FaceID adapter '{name}' could not be read as safetensors: it is corrupt or truncated "
                              f"({err}). Download it again; {WHERE_TO_GET}.") from None
     if lower.endswith(PICKLE_SUFFIXES):
+        refusal = pickle_loading_refusal(name)
+        if refusal:
+            raise ValueError(refusal)
         with open(path, "rb") as f:
             head = f.read(4)
         # torch.save writes a zip archive (PK..); older torch a pickle stream, which starts with PROTO (0x80).

@@ -30,11 +30,13 @@ module imports none of the heavy ones until asked to generate.
 import time
 from pathlib import Path
 
-from .store import (already_there, ensure_space, folder_is_current, is_current, read_marker, write_atomic,
-                    write_folder_stamp, write_marker)
+from .buffalo_l import BUFFALO_FILES
+from .store import (NotAStandin, already_there, ensure_space, folder_is_current, is_current, read_marker,
+                    refuse_overwrite, standin_evidence, write_atomic, write_folder_stamp, write_marker)
 
-__all__ = ["ARCHS", "CHECKPOINTS", "FACEID", "BUFFALO_DIR", "generate", "generate_checkpoint", "generate_faceid",
-           "generate_buffalo", "is_current", "verify_checkpoint", "SIZES"]
+__all__ = ["ARCHS", "CHECKPOINTS", "FACEID", "BUFFALO_DIR", "BUFFALO_FILES", "generate", "generate_checkpoint",
+           "generate_faceid", "generate_buffalo", "is_current", "verify_checkpoint", "SIZES", "NotAStandin",
+           "standin_evidence", "CHECKPOINT_NAMES"]
 
 ARCHS = ("sdxl", "sd15")
 CHECKPOINTS = {
@@ -46,6 +48,8 @@ FACEID = {
     "sd15": "ipadapter/ip-adapter-faceid_sd15.bin",
 }
 BUFFALO_DIR = "insightface/models/buffalo_l"
+# The stand-in checkpoints' file names: a real run that names one is refused by that name.
+CHECKPOINT_NAMES = tuple(Path(p).name for p in CHECKPOINTS.values())
 # The bytes each generated file takes (checked against the files by the tests), so that a disk too
 # full for one is said before writing starts.
 SIZES = {
@@ -70,6 +74,7 @@ def generate_checkpoint(models_dir, arch, seed=0, log=print, reuse=()) -> Path:
     path = Path(models_dir) / CHECKPOINTS[_arch(arch)]
     kind = f"checkpoint-{arch}"
     digest = layout_digest(checkpoint_layout(arch))
+    refuse_overwrite(path, f"the {arch.upper()} stand-in checkpoint")
     if already_there(path, kind, seed, reuse, log, lambda size: f"{size / 1e9:.2f} GB", layout=digest):
         return path
     from .checkpoint import write_checkpoint
@@ -87,6 +92,7 @@ def generate_faceid(models_dir, arch, seed=0, log=print, reuse=()) -> Path:
     """The stand-in IP-Adapter-FaceID .bin of `arch` in `models_dir` (kept, taken from `reuse`, or generated)."""
     path = Path(models_dir) / FACEID[_arch(arch)]
     kind = f"faceid-{arch}"
+    refuse_overwrite(path, f"the {arch.upper()} stand-in FaceID adapter")
     if already_there(path, kind, seed, reuse, log, lambda size: f"{size / 1e6:.0f} MB"):
         return path
     from .faceid import write_faceid_bin
@@ -108,6 +114,8 @@ def generate_buffalo(models_dir, seed=0, log=print) -> Path:
         return folder
     from .buffalo_l import write_buffalo_l
 
+    for name in BUFFALO_FILES:
+        refuse_overwrite(folder / name, "the stand-in buffalo_l")  # the folder's stamp names its own files
     t0 = time.time()
     folder.mkdir(parents=True, exist_ok=True)
     write_buffalo_l(folder, seed=seed)

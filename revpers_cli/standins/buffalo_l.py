@@ -215,6 +215,10 @@ def _linear_head(rng: np.random.Generator, size: int, pool: int, out: int, name:
     return g.model(inputs, outputs, name)
 
 
+# The five files of the buffalo_l pack, as write_buffalo_l writes them.
+BUFFALO_FILES = ("det_10g.onnx", "w600k_r50.onnx", "2d106det.onnx", "1k3d68.onnx", "genderage.onnx")
+
+
 def write_buffalo_l(folder, seed: int = 0, faces: MarkerFaces | None = None) -> list[str]:
     """Write the five stand-in buffalo_l files into `folder` (created if needed). `faces` sets
     what the detector takes for a face (default MarkerFaces()). Same seed, same files. Returns the

@@ -1,14 +1,76 @@
 """Where stand-in files are kept: atomic writes, the `<file>.standin.json` marker that says a file is a
 whole, current stand-in of a kind and seed (and, for checkpoints, of the current key layout), and taking
-a current file from another models folder."""
+a current file from another models folder.
+
+A stand-in has the real file's name (the FaceID adapter, buffalo_l) so loaders and workflows find it,
+which is why it must never pass for a real file nor replace one: `standin_evidence` says what marks a
+file as a stand-in (its marker, its folder's stamp, the `revpers_standin` metadata of a checkpoint's
+safetensors header, the `revpers-standin` producer of an ONNX file), and `refuse_overwrite` stops the
+generator before it writes over a file that has none of these (a real model, as far as anyone can
+tell)."""
 import json
 import os
 import shutil
+import struct
 from pathlib import Path
 
 GENERATOR_VERSION = 1  # raise when generated values change: older files are then made again
 MARKER_SUFFIX = ".standin.json"
 NOTE = "stand-in weights (random values): NOT a real model"
+HEADER_KEY = "revpers_standin"   # in a stand-in checkpoint's safetensors metadata
+ONNX_PRODUCER = "revpers-standin"  # producer_name of the stand-in buffalo_l files
+_HEADER_LIMIT = 100 << 20
+
+
+class NotAStandin(FileExistsError):
+    """The generator was asked to write a stand-in where a file that is no stand-in already is."""
+
+
+def _safetensors_metadata(path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > _HEADER_LIMIT:
+                return {}
+            header = json.loads(f.read(length))
+        return header.get("__metadata__") or {} if isinstance(header, dict) else {}
+    except (OSError, ValueError, struct.error):
+        return {}
+
+
+def standin_evidence(path) -> str | None:
+    """What marks `path` as a stand-in ("its marker ...", "its safetensors header ...", ...), or None when
+    nothing does (then it is taken for a real file)."""
+    path = Path(path)
+    if marker_path(path).is_file():
+        return f"its marker {marker_path(path).name}"
+    try:
+        stamps = sorted(path.parent.glob("*" + MARKER_SUFFIX))
+    except OSError:
+        stamps = []
+    for stamp in stamps:
+        if path.name in (read_marker(stamp).get("files") or {}):
+            return f"the folder's stand-in stamp {stamp.name}"
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors" and HEADER_KEY in _safetensors_metadata(path):
+        return f"its safetensors header ({HEADER_KEY}: {_safetensors_metadata(path)[HEADER_KEY]})"
+    if suffix == ".onnx":
+        from revpers_core.faces.onnx_pack import producer_name
+        if producer_name(str(path)) == ONNX_PRODUCER:
+            return f"its ONNX producer name ({ONNX_PRODUCER})"
+    return None
+
+
+def refuse_overwrite(path, what):
+    """Raise NotAStandin when `path` exists and nothing marks it as a stand-in: generating `what` there would
+    replace what may be a real model with random values."""
+    path = Path(path)
+    if path.exists() and standin_evidence(path) is None:
+        raise NotAStandin(
+            f"not generating {what} over {path}: that file is not a stand-in (no {marker_path(path).name} "
+            f"beside it, nothing in it says so), so it may be a real model, and a stand-in must never replace "
+            f"one. Give --models a folder of its own for the stand-ins (the default is .host/standin-models), "
+            f"or move that file away if you are sure it is not needed.")
 
 
 def marker_path(path) -> Path:

@@ -204,6 +204,23 @@ def _fields(buf, start, end):
 
 
 MODEL_GRAPH, GRAPH_NODE, NODE_NAME = 7, 1, 3  # field numbers in onnx.proto
+MODEL_PRODUCER_NAME = 2
+
+
+def producer_name(path: str) -> str | None:
+    """The producer_name an ONNX model file records (a field before its graph, so only the file's first
+    bytes are read), or None when there is none or the file is no ONNX model."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        for number, start, end in _fields(head, 0, len(head)):
+            if number == MODEL_PRODUCER_NAME:
+                return head[start:end].decode("utf-8", errors="replace")
+            if number == MODEL_GRAPH or end > len(head):
+                return None
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def first_node_names(path: str, count: int) -> list[str]:
