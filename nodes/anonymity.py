@@ -79,7 +79,8 @@ class RevPersAnonymityCheck(io.ComfyNode):
         if not report.passed:
             log.warning("revpers: %s", text.replace("\n", "; "))
         passed_on = images if images is not None else anonymized
-        return io.NodeOutput(report, text, passed_on, ui={"text": [text]})
+        # the text for people; the verdicts as data for API clients (the CLI reads only these)
+        return io.NodeOutput(report, text, passed_on, ui={"text": [text], "revpers_check": [report.summary()]})
 
 
 NODES = [RevPersAnonymityCheck]

@@ -3,7 +3,7 @@ import logging
 
 from comfy_api.v0_0_2 import io
 
-from revpers_core.faces import audit, recognizers
+from revpers_core.faces import audit, recognizers, redact
 
 from . import _images
 from .common import AuditReport, FaceAnalysis, Faces, Progress, bounded_float, category, check_options
@@ -26,7 +26,8 @@ class RevPersAudit(io.ComfyNode):
                 "and with every face found anywhere in the final photos, so a face left, moved or duplicated is "
                 "caught. Any original face still recognized by any recognizer fails the audit: the run stops "
                 "(default) and nothing is saved, or, if you choose so explicitly, the photo is saved with a NOT "
-                "ANONYMIZED mark. Faces left un-anonymized on request (beyond max_faces) are reported, not "
+                "ANONYMIZED mark, or the failing faces are covered with a flat fill and the photo is audited "
+                "again (redact). Faces left un-anonymized on request (beyond max_faces) are reported, not "
                 "failed. Thresholds are bounded so the audit cannot be switched off by a widget value. Connect "
                 "its images output to Save Image."),
             inputs=[
@@ -48,8 +49,12 @@ class RevPersAudit(io.ComfyNode):
                             "face-recognition-models). 'off' leaves ArcFace alone, and the report says so."),
                 io.Combo.Input(
                     "on_fail", options=list(audit.ON_FAIL), default=audit.ON_FAIL[0],
-                    tooltip="When a face is still recognizable: stop the run so nothing is saved, or hand the "
-                            "photos on with the failed ones marked NOT ANONYMIZED (an explicit choice)."),
+                    tooltip="When a face is still recognizable: stop the run so nothing is saved; hand the "
+                            "photos on with the failed ones marked NOT ANONYMIZED (an explicit choice); or "
+                            "redact: cover each such face with the flat fill small faces get, over its whole "
+                            "face region, audit again, and hand the photos on only if that audit passes (the "
+                            "report names every face covered). Stop suits one photo you look at; redact suits "
+                            "folders and clips, where one stubborn face would otherwise lose the whole item."),
                 Faces.Input("faces", optional=True,
                             tooltip="From Detect and Align Faces: its faces are audited even if no detector finds "
                                     "them again, and faces left by request are named."),
@@ -79,12 +84,21 @@ class RevPersAudit(io.ComfyNode):
         auditor = audit.make_auditor(analysis.analyser, arcface_threshold, dlib_threshold, second_recognizer,
                                      detect_threshold=analysis.threshold)
         report = audit.audit(auditor, originals, finals, faceset=faces, on_step=Progress(2 * len(originals) + 1))
+        if not report.passed and on_fail == audit.REDACT:
+            finals, report = redact.redact(auditor, originals, finals, report, faceset=faces)
+            if report.passed:
+                text = report.text()
+                log.warning("revpers: audit: %d face(s) redacted: %s", len(report.redactions),
+                            text.replace("\n", "; "))
+                return io.NodeOutput(_images.to_image(finals), report, text,
+                                     ui={"text": [text], "revpers_audit": [report.summary()]})
         text = report.text()
-        # the text for people; the verdicts as data for API clients (the CLI's guaranteed mode reads them)
+        # the text for people; the verdicts as data for API clients (the CLI reads only these)
         ui = {"text": [text], "revpers_audit": [report.summary()]}
         if not report.passed:
-            if on_fail == audit.ON_FAIL[0]:
-                raise ValueError("Audit failed - the output is not safe to use, nothing was saved:\n" + text)
+            if on_fail in (audit.STOP, audit.REDACT):
+                what = " even after covering the failing faces" if on_fail == audit.REDACT else ""
+                raise ValueError(f"Audit failed{what} - the output is not safe to use, nothing was saved:\n" + text)
             log.warning("revpers: audit FAILED, saving marked images by request: %s", text.replace("\n", "; "))
             return io.NodeOutput(_images.to_image(audit.mark_failed(finals, report)), report, text, ui=ui)
         if report.left or report.notes:

@@ -62,9 +62,12 @@ class RevPersDetectTrack(io.ComfyNode):
                 max_gap=tracks.DEFAULT_MAX_GAP, min_iou=tracks.DEFAULT_MIN_IOU,
                 min_similarity=tracks.DEFAULT_MIN_SIMILARITY):
         settings = tracks.TrackSettings(int(max_gap), float(min_iou), float(min_similarity))
-        return io.NodeOutput(*detect_faces(analysis, images, crop_size, padding, threshold, min_face_size,
-                                           max_faces, expected_faces, on_no_face, beyond_max_faces,
-                                           tracking=settings))
+        outputs = detect_faces(analysis, images, crop_size, padding, threshold, min_face_size, max_faces,
+                               expected_faces, on_no_face, beyond_max_faces, tracking=settings)
+        warning, faces = outputs[3], outputs[1]
+        # the warning for people; the long gaps per track and frame range as data (the CLI reads only that)
+        return io.NodeOutput(*outputs, ui={"text": [warning] if warning else [],
+                                           "revpers_tracks": [faces.tracking_summary()]})
 
 
 NODES = [RevPersDetectTrack]

@@ -89,8 +89,11 @@ class RevPersAnonymizedSampler(io.ComfyNode):
         if overrides:
             text.append(f"per-face guidance: {guarantee.format_face_guidance(overrides)} (the other faces: "
                         f"{float(guidance):g})")
-        # the warnings and the per-face guidance used, shown on the node (web/revpers.js)
-        return io.NodeOutput({"samples": out}, ui={"text": text} if text else None)
+        # the warnings and the per-face guidance used, shown on the node (web/revpers.js); the same as data
+        # for API clients (the CLI reads only that)
+        verdict = {"anonymizing": not guarantee.weak_guidance_warning(float(guidance), tokens.scale),
+                   "warnings": warnings, "face_guidance": guarantee.format_face_guidance(overrides)}
+        return io.NodeOutput({"samples": out}, ui={"text": text, "revpers_sampler": [verdict]})
 
 
 NODES = [RevPersAnonymizedSampler]

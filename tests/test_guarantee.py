@@ -134,3 +134,52 @@ def test_a_threshold_that_would_disable_the_checks_is_refused_by_the_server(comf
     audit_inputs = {e["extra_info"]["input_name"]: e["type"] for e in errors["3"]["errors"]}
     assert audit_inputs == {"arcface_threshold": "value_bigger_than_max", "dlib_threshold": "value_smaller_than_min"}
     assert [e["type"] for e in errors["4"]["errors"]] == ["value_bigger_than_max"]
+
+
+def test_a_face_still_recognizable_is_redacted_over_its_region_and_audited_again(analyser):
+    """Redaction (the audit's on_fail "redact"): the face whose original pixels reach the photo is covered
+    by the small-face fill over its whole face region (the ellipse around its box and its paste-back mask),
+    the photo is audited again and passes, the face is reported as redacted; every other pixel is the
+    photo's own."""
+    from revpers_core.faces import redact
+
+    photo = marker_photo(faces=[LARGE, ((700, 300), 70, 8)])
+    faces, crops, _ = pipeline.detect_and_align(analyser, batch(photo), crop_size=128)
+    keep_second = edited(crops)
+    keep_second[1] = crops[1]
+    outs, _, _ = pipeline.paste_back(batch(photo), keep_second, faces)
+    auditor = audit.make_auditor(analyser, 0.30, 0.60)
+    report = audit.audit(auditor, batch(photo), outs, faceset=faces)
+    assert not report.passed and [f.row for f in report.failed] == [1]
+    covered, again = redact.redact(auditor, batch(photo), outs, report, faceset=faces)
+    assert again.passed, again.text()
+    (done,) = again.redactions
+    assert (done.row, done.image) == (1, 0) and done.pixels > 0 and done.recognized_by
+    region = redact.face_regions(report.failed[0], faces, [outs[0].shape[:2]])[0]
+    assert region.sum() == done.pixels
+    inside = covered[0][region]
+    assert np.ptp(inside, axis=0).max() == 0  # one flat colour over the whole region
+    assert np.array_equal(covered[0][~region], outs[0][~region])  # nothing else touched
+    x, y = 700, 300
+    assert region[y - 60:y + 60, x - 60:x + 60].all()  # the face itself is inside
+    assert [f.verdict for f in again.faces] == ["ok", "REDACTED"]
+    summary = again.summary()
+    assert summary["passed"] and summary["recognized"] and summary["redacted"][0]["row"] == 1
+    assert "REDACTED: face 1 (image 0 at (700, 300), row 1) was still recognizable" in again.text()
+    assert "RESULT: passed after redaction - 1 face(s) covered" in again.text()
+    save_rgb("guarantee", "redacted_face.png", np.concatenate([outs[0], covered[0]], axis=1))
+
+
+def test_the_audit_node_redacts_on_request_and_says_so_in_its_data(comfy_inprocess, analyser):
+    node = comfy_inprocess.nodes.audit.RevPersAudit
+    photo = torch.from_numpy(to_float(marker_photo(faces=[LARGE])))[None]
+    out = node.execute(analysis=BoundAnalyser(analyser, 0.5), original=photo, anonymized=photo.clone(),
+                       arcface_threshold=0.3, dlib_threshold=0.6, second_recognizer="dlib if installed",
+                       on_fail=audit.REDACT)
+    images, report, text = out.result
+    (summary,) = out.ui["revpers_audit"]
+    assert report.passed and summary["passed"] and summary["recognized"] and len(summary["redacted"]) == 1
+    x, y = LARGE[0]
+    assert np.ptp(images[0, y - 40:y + 40, x - 40:x + 40].reshape(-1, 3).numpy(), axis=0).max() == 0
+    assert "REDACTED: face 0" in out.ui["text"][0] and text == out.ui["text"][0]
+    assert summary["recognizers"][0] == "ArcFace" and summary["independent"] == ("dlib" in summary["recognizers"])

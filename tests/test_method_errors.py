@@ -72,7 +72,10 @@ def test_the_sampler_says_when_its_guidance_is_not_the_inversions(pack, tiny):
         model = tiny["node"].execute(tiny["base"], tiny["adapter"], 1.0, om.identity_embedding())[0]
         same = sampler.execute(model, gpos, gneg, tiny["record"], -10.0, False, 1024)
         other = sampler.execute(model, gpos, gneg, tiny["record"], -7.5, False, 1024)
-    assert same.ui is None
+    assert same.ui["text"] == [] and same.ui["revpers_sampler"] == [{"anonymizing": True, "warnings": [],
+                                                                      "face_guidance": ""}]
+    assert other.ui["revpers_sampler"][0]["anonymizing"] and other.ui["revpers_sampler"][0]["warnings"] == \
+        other.ui["text"]
     assert other.ui["text"] == ["the sampler's guidance -7.5 differs from the inversion's -10: the method uses one "
                                 "guidance for both (the paper's -10); set Invert's guidance to the sampler's"]
 

@@ -30,8 +30,17 @@ from .records import COVERED, LEFT, Detection, FaceSet
 
 MATCH_IOU = 0.3  # boxes overlapping at least this much are the same face
 DLIB_DETECTOR_SCORE = 0.25  # dlib HOG detections below this are not taken for faces (false alarms)
-ON_FAIL = ("stop the run", "save marked NOT ANONYMIZED")
+# What the audit node does when a face is still recognizable (its on_fail widget, in this order).
+ON_FAIL = ("stop the run", "save marked NOT ANONYMIZED", "redact the face (flat fill)")
+STOP, MARK, REDACT = ON_FAIL
+# The command line's --on-fail words for the node's choices, and its default by the shape of the job:
+# one photo stops (the person running it looks at that photo and can run it again with other settings);
+# a folder and a clip redact (one stubborn face would otherwise lose photo 9,000 of a dataset or a whole
+# clip for frame 1,000; the flat fill is certain, and every face covered is reported).
+ON_FAIL_WORDS = {"stop": STOP, "redact": REDACT}
+ON_FAIL_DEFAULT = {"photo": "stop", "folder": "redact", "clip": "redact"}
 SECOND_RECOGNIZER = ("dlib if installed", "dlib (required)", "off")
+REDACTED = "redacted"  # the status of a face covered by the flat fill after it failed the audit
 
 
 def box_iou(a, b) -> float:
@@ -92,6 +101,7 @@ class Judgement:
     matches: list[str] = field(default_factory=list)  # final faces it still matches, described
     reason: str = ""               # why it was not measured, when at_place is None
     retrieved: int | None = None   # the original face (of the whole batch) most like what is at its place
+    places: list[tuple[int, tuple]] = field(default_factory=list)  # (final image, box) of every match
 
     @property
     def recognized(self) -> bool:
@@ -117,7 +127,9 @@ class FaceAudit:
     def verdict(self) -> str:
         if self.status == "left by request":
             return "LEFT UN-ANONYMIZED BY REQUEST"
-        return "STILL RECOGNIZABLE" if self.recognized else "ok"
+        if self.recognized:
+            return "STILL RECOGNIZABLE"
+        return "REDACTED" if self.status == REDACTED else "ok"
 
     @property
     def failed(self) -> bool:
@@ -131,6 +143,8 @@ class AuditReport:
     notes: list[str] = field(default_factory=list)
     image_count: int = 0
     rows_known: bool = False  # the face records were given: each anonymized face's sampler row is known
+    judges: list[str] = field(default_factory=list)  # the recognizers' names ("ArcFace", "dlib")
+    redactions: list = field(default_factory=list)   # redact.Redaction of the faces covered before this audit
 
     @property
     def failed(self) -> list[FaceAudit]:
@@ -158,16 +172,31 @@ class AuditReport:
         or they were covered): sampling again cannot change them."""
         return [f for f in self.failed if f.row is None] if self.rows_known else []
 
+    @property
+    def independent(self) -> bool:
+        """A recognizer the method did not optimize against (anything but ArcFace) judged."""
+        return any(name != "ArcFace" for name in self.judges)
+
     def summary(self) -> dict:
-        """The verdicts as plain data (the node's UI output, read by the CLI's guaranteed mode)."""
-        return {"passed": self.passed, "failed_rows": self.failed_rows,
+        """The verdicts as plain data (the node's UI output, read by the CLI): `passed` is the verdict on
+        the images handed on; `recognized` whether a face was still recognizable in them as anonymized
+        (before any redaction); `failed_rows` and `unfixable` what guaranteed mode can and cannot sample
+        again; `redacted` the faces covered; `recognizers` who judged, `independent` whether one of them is
+        not the recognizer the method optimizes against."""
+        return {"passed": self.passed, "recognized": bool(self.redactions) or not self.passed,
+                "failed_rows": self.failed_rows,
                 "unfixable": [f"face {f.index} ({_where(f)})" for f in self.unfixable],
-                "left": len(self.left), "rows": self.rows()}
+                "left": len(self.left), "rows": self.rows(), "recognizers": list(self.judges),
+                "independent": self.independent, "redacted": [r.as_dict() for r in self.redactions]}
 
     def text(self) -> str:
         lines = ["Audit of the final image(s): is any original face still recognizable anywhere in them?",
                  "Recognizers: " + "; ".join(self.recognizers)]
         lines += [f"Note: {n}" for n in self.notes]
+        for r in self.redactions:
+            lines.append(f"REDACTED: {r.describe()}")
+        if self.redactions:
+            lines.append("The image(s) were audited again after the redaction:")
         for f in self.faces:
             cx, cy = (f.box[0] + f.box[2]) / 2.0, (f.box[1] + f.box[3]) / 2.0
             row = f", row {f.row}" if f.row is not None else ""
@@ -202,6 +231,10 @@ class AuditReport:
             for f in self.unfixable:
                 lines.append(f"  face {f.index} is no face Detect and Align anonymized ({f.status}, found by "
                              f"{', '.join(f.found_by)}): stronger guidance cannot change it")
+        elif self.redactions:
+            lines.append(f"RESULT: passed after redaction - {len(self.redactions)} face(s) covered with a flat fill; "
+                         f"none of the {len(self.faces) - n_left} face(s) to anonymize is recognizable in the "
+                         f"final image(s)")
         else:
             lines.append(f"RESULT: passed - none of the {len(self.faces) - n_left} face(s) to anonymize is "
                          f"recognizable in the final image(s)")
@@ -349,7 +382,8 @@ def audit(auditor: Auditor, originals, finals, faceset: FaceSet | None = None, o
         final_faces.append(auditor.find(image, i))
 
     report = AuditReport(faces=[], recognizers=[r.describe() for r in auditor.recognizers],
-                         notes=list(auditor.notes), image_count=len(originals), rows_known=faceset is not None)
+                         notes=list(auditor.notes), image_count=len(originals), rows_known=faceset is not None,
+                         judges=[r.name for r in auditor.recognizers])
     for judge in auditor.recognizers:
         _judge(judge, originals, finals, orig_faces, final_faces, report)
     report.faces.sort(key=lambda f: f.index)
@@ -370,7 +404,7 @@ def _place_of(face, finals_here):
 
 def _matches_elsewhere(judge, descriptor, final_desc, final_faces, image, place):
     """Every face of every final image, but the one at the face's own place, that `judge` takes for the
-    person of `descriptor`: "where (score)" texts."""
+    person of `descriptor`: ("where (score)" text, (final image, box)) pairs."""
     out = []
     for fi, per_image in final_desc.items():
         values = judge.scores(descriptor, per_image)[0]
@@ -378,8 +412,13 @@ def _matches_elsewhere(judge, descriptor, final_desc, final_faces, image, place)
             if fi == image and f_idx == place:
                 continue
             if judge.same_person(float(value)):
-                out.append(f"{_where(final_faces[fi][f_idx])} ({float(value):+.3f})")
+                final = final_faces[fi][f_idx]
+                out.append((f"{_where(final)} ({float(value):+.3f})", (fi, _box(final.box))))
     return out
+
+
+def _box(box) -> tuple:
+    return tuple(round(float(v), 2) for v in box)
 
 
 def _judge(judge, originals, finals, orig_faces, final_faces, report):
@@ -423,7 +462,10 @@ def _judge(judge, originals, finals, orig_faces, final_faces, report):
             at_place.append((j, here))
             if judge.same_person(j.at_place):
                 j.matches.append(f"{_where(face)} (its own place, {j.at_place:+.3f})")
-            j.matches += _matches_elsewhere(judge, originals_desc[k:k + 1], final_desc, final_faces, i, place)
+                j.places.append((i, _box(face.box if place is None else final_faces[i][place].box)))
+            for text, where in _matches_elsewhere(judge, originals_desc[k:k + 1], final_desc, final_faces, i, place):
+                j.matches.append(text)
+                j.places.append(where)
 
     if every_original:
         gallery = np.stack(every_original)

@@ -67,6 +67,12 @@ class AnonymityReport:
     def passed(self) -> bool:
         return bool(self.faces) and not self.failed
 
+    def summary(self) -> dict:
+        """The verdicts as plain data (the Anonymity Check node's UI output, read by the CLI)."""
+        return {"passed": self.passed, "threshold": self.threshold,
+                "faces": [{"face": f.index, "image": f.image_index, "similarity": f.similarity, "reason": f.reason,
+                           "passed": f.passed(self.threshold)} for f in self.faces]}
+
     @property
     def max_similarity(self) -> float | None:
         values = [s for s in self.similarities if s is not None]

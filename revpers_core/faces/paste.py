@@ -148,20 +148,31 @@ def cover_faces(image: np.ndarray, coverage: np.ndarray, boxes) -> tuple[np.ndar
     if not len(boxes):
         return image, coverage
     image, coverage = image.copy(), coverage.copy()
-    height, width, channels = image.shape
-    colour = 1 if channels == 1 else 3
-    for x1, y1, x2, y2 in boxes:
-        centre = ((x1 + x2) / 2.0, (y1 + y2) / 2.0)
-        axes = (max(1.0, (x2 - x1) * COVER_GROWTH[0] / 2.0), max(1.0, (y2 - y1) * COVER_GROWTH[1] / 2.0))
-        region = np.zeros((height, width), dtype=np.uint8)
-        cv2.ellipse(region, (int(round(centre[0])), int(round(centre[1]))),
-                    (int(math.ceil(axes[0])), int(math.ceil(axes[1]))), 0, 0, 360, 1, thickness=-1)
-        inside = region.astype(bool)
-        if not inside.any():
-            continue
-        image[inside, :colour] = image[inside, :colour].mean(axis=0)
-        coverage[inside] = 1.0
+    height, width = image.shape[:2]
+    for box in boxes:
+        fill_flat(image, coverage, cover_ellipse(height, width, box))
     return image, coverage
+
+
+def cover_ellipse(height: int, width: int, box) -> np.ndarray:
+    """Where a face box is covered (bool HxW): the ellipse around it, grown by COVER_GROWTH."""
+    x1, y1, x2, y2 = box
+    centre = ((x1 + x2) / 2.0, (y1 + y2) / 2.0)
+    axes = (max(1.0, (x2 - x1) * COVER_GROWTH[0] / 2.0), max(1.0, (y2 - y1) * COVER_GROWTH[1] / 2.0))
+    region = np.zeros((height, width), dtype=np.uint8)
+    cv2.ellipse(region, (int(round(centre[0])), int(round(centre[1]))),
+                (int(math.ceil(axes[0])), int(math.ceil(axes[1]))), 0, 0, 360, 1, thickness=-1)
+    return region.astype(bool)
+
+
+def fill_flat(image: np.ndarray, coverage: np.ndarray, inside: np.ndarray) -> None:
+    """The certain fill, in place: every pixel of `inside` (bool HxW) takes the mean colour of that region
+    (alpha, if any, kept), and `coverage` becomes 1 there. No identity can survive one flat colour."""
+    if not inside.any():
+        return
+    colour = 1 if image.shape[2] == 1 else 3
+    image[inside, :colour] = image[inside, :colour].mean(axis=0)
+    coverage[inside] = 1.0
 
 
 def mark_left_faces(image: np.ndarray, boxes) -> np.ndarray:

@@ -107,10 +107,10 @@ def detect_and_align(analyser: FaceAnalyser, images, crop_size: int = DEFAULT_CR
         detected.append(analyser.detect(bgr, threshold))
         if tracking is not None:
             embeddings.append(analyser.embed(bgr, [d.landmarks for d in detected[-1]]))
-    notes = []
+    gaps = []
     if tracking is not None:
         ids = tracks.link(detected, embeddings, tracking)
-        detected, notes = tracks.fill_gaps(detected, ids, tracking.max_gap)
+        detected, gaps = tracks.fill_gaps(detected, ids, tracking.max_gap)
     found, skipped = [], []
     for index, detections in enumerate(detected):
         keep, skip = share_out(index, detections, min_size, max_faces, beyond_max_faces)
@@ -119,12 +119,12 @@ def detect_and_align(analyser: FaceAnalyser, images, crop_size: int = DEFAULT_CR
     if on_step is not None:
         on_step(len(images), len(images))
     advice = _no_face_advice(threshold, analyser.det_size, min_size)
-    return _align(images, found, crop_size, padding, vshift, expected_faces, on_no_face, advice, skipped, notes)
+    return _align(images, found, crop_size, padding, vshift, expected_faces, on_no_face, advice, skipped, gaps)
 
 
 def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, padding: float = DEFAULT_PADDING,
                      vshift: float = DEFAULT_VSHIFT, expected_faces: int = 0, on_no_face: str = "error",
-                     advice: str = "", skipped=(), track_notes=()):
+                     advice: str = "", skipped=(), long_gaps=()):
     """Align given detections (per image, in the order wanted) and apply the fail-closed policy.
 
     skipped: SkippedFace records of faces that are covered or left instead of anonymized (they
@@ -136,11 +136,11 @@ def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, pad
     """
     crop_size, padding = _check_alignment(crop_size, padding, on_no_face)
     return _align(images, detections, crop_size, padding, vshift, expected_faces, on_no_face, advice, skipped,
-                  track_notes)
+                  long_gaps)
 
 
 def _align(images, detections, crop_size, padding, vshift, expected_faces, on_no_face, advice, skipped,
-           track_notes):
+           long_gaps):
     """align_detections on checked settings (also the last part of detect_and_align)."""
     images = list(images)
     if not images:
@@ -179,7 +179,7 @@ def _align(images, detections, crop_size, padding, vshift, expected_faces, on_no
                 vshift=vshift, track=getattr(det, "track", None), interpolated=getattr(det, "interpolated", False)))
     faceset = FaceSet(faces=records, image_sizes=sizes, crop_size=crop_size, padding=padding,
                       vshift=vshift, passed_through=passed, placeholder=not records, skipped=skipped,
-                      track_notes=list(track_notes), unchanged=unchanged)
+                      long_gaps=list(long_gaps), unchanged=unchanged)
     if not records and on_no_face == FRAME_UNCHANGED:
         raise ValueError(f"Face detection: no face in any of the {len(images)} frame(s); nothing was anonymized. "
                          f"{advice}".rstrip())

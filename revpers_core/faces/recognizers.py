@@ -86,8 +86,14 @@ _DLIB_LOCK = threading.Lock()
 
 
 def dlib_model_folder() -> str | None:
-    """The folder of face-recognition-models' .dat files, or None when dlib or it is missing."""
+    """The folder of face-recognition-models' .dat files, or None when dlib or it is missing. dlib is
+    imported, not only looked for: a dlib that is there but cannot load (a broken build, a missing
+    shared library) counts as missing."""
     if importlib.util.find_spec("dlib") is None:
+        return None
+    try:
+        import dlib  # noqa: F401
+    except ImportError:
         return None
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:

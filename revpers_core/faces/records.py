@@ -128,8 +128,8 @@ class FaceSet:
     holds a single grey placeholder crop (ComfyUI has no empty IMAGE batch) that paste-back
     ignores. skipped lists the detected faces the model does not edit (see SkippedFace); paste-back
     covers or marks them. For the frames of a clip: unchanged maps a frame index to why it yielded no
-    face (it is passed through unchanged, not marked, so the clip keeps its frames), and track_notes
-    say which tracks went unseen for longer than tracking interpolates.
+    face (it is passed through unchanged, not marked, so the clip keeps its frames), and long_gaps
+    (tracks.LongGap) say which tracks went unseen for longer than tracking interpolates.
     """
 
     faces: list[FaceRecord]
@@ -140,7 +140,7 @@ class FaceSet:
     passed_through: dict[int, str] = field(default_factory=dict)
     placeholder: bool = False
     skipped: list[SkippedFace] = field(default_factory=list)
-    track_notes: list[str] = field(default_factory=list)
+    long_gaps: list = field(default_factory=list)
     unchanged: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -158,6 +158,18 @@ class FaceSet:
         """The skipped faces of one image (only those with `action`, when given)."""
         return [f for f in self.skipped
                 if f.image_index == image_index and (action is None or f.action == action)]
+
+    @property
+    def track_notes(self) -> list[str]:
+        """The long gaps of the tracks, one readable line each."""
+        return [gap.note() for gap in self.long_gaps]
+
+    def tracking_summary(self) -> dict:
+        """What tracking did, as plain data (Detect and Track's UI output, read by the CLI): the long gaps
+        per track and frame range, the faces interpolated, the frames that passed through unchanged."""
+        return {"long_gaps": [gap.as_dict() for gap in self.long_gaps],
+                "interpolated": [{"frame": f.image_index, "track": f.track} for f in self.faces if f.interpolated],
+                "unchanged_frames": sorted(self.unchanged)}
 
     def warning(self) -> str:
         """A readable account of the images passed through unanonymized and of every face the model

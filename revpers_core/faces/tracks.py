@@ -39,6 +39,30 @@ class TrackedDetection(Detection):
 
 
 @dataclass(frozen=True)
+class LongGap:
+    """A track not seen for more than `max_gap` frames between two sightings: frames `first` to `last`
+    (inclusive) were not interpolated, so a face of that person there is left to the audit."""
+
+    track: int
+    first: int
+    last: int
+    max_gap: int
+
+    @property
+    def frames(self) -> int:
+        return self.last - self.first + 1
+
+    def as_dict(self) -> dict:
+        return {"track": self.track, "first_frame": self.first, "last_frame": self.last, "frames": self.frames,
+                "max_gap": self.max_gap}
+
+    def note(self) -> str:
+        return (f"track {self.track} was not detected in frames {self.first}-{self.last} ({self.frames} frames, "
+                f"more than max_gap {self.max_gap}): those frames were NOT interpolated; any face of it there is "
+                f"left to the audit")
+
+
+@dataclass(frozen=True)
 class TrackSettings:
     max_gap: int = DEFAULT_MAX_GAP
     min_iou: float = DEFAULT_MIN_IOU
@@ -126,7 +150,7 @@ def link(frames, embeddings=None, settings: TrackSettings = TrackSettings()) -> 
 def fill_gaps(frames, ids, max_gap: int = DEFAULT_MAX_GAP):
     """The frames' detections as TrackedDetection, with the faces a track misses in gaps of at most
     `max_gap` frames put in (interpolated: box and landmarks linear between the sightings on either side).
-    Returns (per frame a list of TrackedDetection, notes): the notes say, per gap longer than `max_gap`,
+    Returns (per frame a list of TrackedDetection, long gaps): a LongGap per gap longer than `max_gap`,
     which track was not seen in which frames (those frames are not guessed)."""
     out = [[TrackedDetection(d.box, d.landmarks, d.score, track=ids[t][i]) for i, d in enumerate(dets)]
            for t, dets in enumerate(frames)]
@@ -134,23 +158,21 @@ def fill_gaps(frames, ids, max_gap: int = DEFAULT_MAX_GAP):
     for t, dets in enumerate(out):
         for d in dets:
             sightings.setdefault(d.track, []).append((t, d))
-    notes = []
+    gaps = []
     for track, seen in sorted(sightings.items()):
         for (a, da), (b, db) in zip(seen, seen[1:]):
             missing = b - a - 1
             if missing <= 0:
                 continue
             if missing > max_gap:
-                notes.append(f"track {track} was not detected in frames {a + 1}-{b - 1} ({missing} frames, more "
-                             f"than max_gap {max_gap}): those frames were NOT interpolated; any face of it "
-                             f"there is left to the audit")
+                gaps.append(LongGap(track, a + 1, b - 1, max_gap))
                 continue
             for t in range(a + 1, b):
                 w = (t - a) / float(b - a)
                 out[t].append(TrackedDetection((1 - w) * da.box + w * db.box,
                                                (1 - w) * da.landmarks + w * db.landmarks, 0.0,
                                                track=track, interpolated=True))
-    return out, notes
+    return out, gaps
 
 
 def track_identities(rows: np.ndarray, tracks, interpolated) -> np.ndarray:
