@@ -152,12 +152,15 @@ class ComfyClient:
     """One client id, one websocket (opened on first use, before the first prompt is queued, so no
     event of that prompt is missed), plain HTTP for everything else."""
 
-    def __init__(self, url, client_id=None, timeout=30.0):
+    def __init__(self, url, client_id=None, timeout=30.0, stall=None):
         self.url = url.rstrip("/")
         if "://" not in self.url:
             self.url = "http://" + self.url
         self.client_id = client_id or uuid.uuid4().hex
-        self.timeout = timeout
+        # stall: seconds a server may stay silent (no event, no answer) while a prompt runs before it counts
+        # as stopped (ServerGone); one request waits at most that long too
+        self.stall = float(stall) if stall else 300.0
+        self.timeout = min(timeout, self.stall)
         self.session = requests.Session()
         self._ws = None
 
@@ -302,10 +305,13 @@ class ComfyClient:
         are skipped). The end is `executing` with node None, `execution_success`, `execution_error` or
         `execution_interrupted` for this prompt; if the socket stays quiet the history is polled, so a
         missed event cannot hang the client. Raises TimeoutError after `timeout` seconds, and
-        ServerGone when the server stops answering (the socket closes or the history is unreachable).
+        ServerGone when the server stops answering (the socket closes or the history is unreachable), or
+        stalls: a busy server may be slow to answer the history, but one that sends no event and answers
+        nothing for `self.stall` seconds is taken for stopped.
         """
         ws = self.connect()
         deadline = time.monotonic() + timeout
+        heard = time.monotonic()
         events, error, finished = [], None, False
         while not finished:
             left = deadline - time.monotonic()
@@ -314,8 +320,16 @@ class ComfyClient:
             try:
                 ws.settimeout(min(poll, left))
                 raw = ws.recv()
+                heard = time.monotonic()
             except websocket.WebSocketTimeoutException:
-                entry = self.history(prompt_id)
+                try:
+                    entry = self.history(prompt_id)
+                    heard = time.monotonic()
+                except requests.exceptions.Timeout as e:
+                    if time.monotonic() - heard >= self.stall:
+                        raise ServerGone(self.url, f"following prompt {prompt_id}: no event and no answer for "
+                                         f"{self.stall:.0f} s", e) from e
+                    continue
                 if entry and entry.get("status", {}).get("completed") is not None:
                     if entry.get("status", {}).get("status_str") in ("success", "error"):
                         finished = True

@@ -2,18 +2,25 @@
 a journal that lets a killed job resume, and a manifest of what became of every item and face.
 
 Handing out: one worker per server takes the next item, runs it there to its end (the server's own
-queue does the work) and takes the next; nothing else is scheduled. An item whose server stops
-answering goes back to the front of the line for another server; that server leaves the job. So
-every item is finished exactly once, by one server, or reported as not done.
+queue does the work) and takes the next; nothing else is scheduled. An item whose server fails it (it
+stops answering, stalls, or answers what is not its API: see `server_fault`) goes back to the front of
+the line for another server; that server leaves the job. Anything else that goes wrong with an item,
+whatever raises and wherever (a photo PIL refuses as a decompression bomb, a disk that is full, an output
+that cannot be written), ends that item as failed with the reason, and the worker takes the next: a
+worker always hands its item back or settles it before anything else, so no worker waits for a dead
+one. So every item is finished exactly once, by one server, or reported as not done with its reason.
 
-The journal (`.revpers-journal.json` in the output folder, rewritten atomically after every change)
-records per item the input's size and time, a digest of the job's settings, the prompt in flight
-(server and prompt id) and the outcome. A job run again with the same settings skips the items
-already done and audited; an item that was running when the job was killed is read back from its
-server when that server still has it (finished, or still queued), instead of being done again.
+The journal (`.revpers-journal.json` in the output folder) and the manifest are written under a lock,
+atomically and durably (revpers_cli.durable). The journal records per item the input's size and time,
+a digest of the job's settings, the prompt in flight (server and prompt id) and the outcome, with the
+sha256 of every output taken when it was written after its audit. A job run again with the same
+settings skips the items already done and audited whose outputs still have those bytes (an output
+changed since is reported, not trusted); an item that was running when the job was killed is read back
+from its server when that server still has it (finished, or still queued), instead of being done again.
 """
 import csv
 import hashlib
+import io
 import json
 import os
 import threading
@@ -22,14 +29,18 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import media
+import requests
+import websocket
+
+from . import durable, media
 from .api import ComfyError, ServerGone
 from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SERVER, EXIT_UNANONYMIZED, EXIT_USAGE,
                      CliError)
-from .job import ClipItem, Job, Outcome, PhotoItem
+from .job import ClipItem, Job, Outcome, PhotoItem, describe_gaps
 from .progress import ItemProgress, NodeProgress, say
 
-__all__ = ["Entry", "plan_entries", "Journal", "write_manifest", "Runner", "exit_code", "settings_digest"]
+__all__ = ["Entry", "plan_entries", "Journal", "write_manifest", "Runner", "exit_code", "settings_digest",
+           "server_fault"]
 
 JOURNAL_NAME = ".revpers-journal.json"
 MANIFEST_NAME = "manifest.json"
@@ -95,7 +106,8 @@ def settings_digest(settings):
     """A digest of everything that decides an item's output: the workflows with the job's knobs, guaranteed
     mode, whether failed images are written, the clip encoding."""
     text = json.dumps({"graphs": settings.graphs, "retries": settings.retries, "crf": settings.crf,
-                       "allow_unanonymized": settings.allow_unanonymized}, sort_keys=True)
+                       "allow_unanonymized": settings.allow_unanonymized, "on_fail": settings.on_fail,
+                       "fail_on_gaps": settings.fail_on_gaps, "force": settings.force}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -108,6 +120,7 @@ class Journal:
         self.path, self.digest = Path(path), digest
         self.lock = threading.Lock()
         self.items = {}
+        self.broken = ""  # why the journal could not be written (the job goes on; it cannot be resumed exactly)
         if self.path.is_file():
             try:
                 self.items = json.loads(self.path.read_text()).get("items", {})
@@ -120,31 +133,49 @@ class Journal:
         return {"source": str(entry.source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
     def _save(self):
-        part = self.path.with_name(self.path.name + ".part")
-        part.write_text(json.dumps({"version": 1, "items": self.items}, indent=1))
-        os.replace(part, self.path)
+        """Write the journal (the caller holds the lock). A journal that cannot be written (a full disk) is
+        said once; the job goes on."""
+        try:
+            durable.write_text(self.path, json.dumps({"version": 1, "items": self.items}, indent=1))
+        except OSError as e:
+            if not self.broken:
+                self.broken = f"{e.__class__.__name__}: {e}"
+                say(f"warning: the journal {self.path} cannot be written ({self.broken}); the job goes on, but a "
+                    "later run cannot resume it exactly")
 
     def finished_before(self, entry):
-        """The recorded outcome when this item was done (or written marked by request) by a run with the
-        same settings from the same input, and its outputs are still there; else None."""
+        """(record, None) when this item was done (or written marked by request) by a run with the same
+        settings from the same input and its outputs still have the bytes recorded when they were written
+        after the audit; (None, why) when an output's bytes changed since; (None, None) otherwise."""
         record = self.items.get(entry.key)
         if not record or record.get("status") not in ("done", "unanonymized") or record.get("settings") != self.digest:
-            return None
+            return None, None
         try:
             if {k: record.get(k) for k in ("source", "size", "mtime_ns")} != self._stamp(entry):
-                return None
+                return None, None
         except OSError:
-            return None
-        if not all(Path(p).is_file() for p in record.get("outcome", {}).get("written", [])):
-            return None
-        return record
+            return None, None
+        outcome = record.get("outcome", {})
+        digests = outcome.get("sha256") or {}
+        for path in outcome.get("written", []):
+            if not Path(path).is_file() or path not in digests:
+                return None, None
+            try:
+                now = durable.sha256(path)
+            except OSError:
+                return None, None
+            if now != digests[path]:
+                return None, (f"the output {path} changed after it was audited (its sha256 is {now[:16]}..., "
+                              f"{digests[path][:16]}... was recorded when it was written): it is not trusted. "
+                              "Delete it, or give --overwrite to anonymize the item again")
+        return record, None
 
     def in_flight(self, entry):
         """The prompt that was queued for this item when an earlier run of the job ended, or None."""
         record = self.items.get(entry.key) or {}
         if record.get("status") != "running" or record.get("settings") != self.digest or not record.get("token"):
             return None
-        return {k: record.get(k) for k in ("server", "token", "overrides", "attempts")}
+        return {k: record.get(k) for k in ("server", "token", "overrides", "attempts", "redact")}
 
     def begin(self, entry, server):
         with self.lock:
@@ -157,7 +188,8 @@ class Journal:
         with self.lock:
             record = self.items.setdefault(entry.key, {})
             if event == "queueing":
-                record.update(token=data["token"], overrides={str(k): v for k, v in data["overrides"].items()})
+                record.update(token=data["token"], overrides={str(k): v for k, v in data["overrides"].items()},
+                              redact=bool(data.get("redact")))
             elif event == "attempt":
                 record.setdefault("attempts", []).append(data)
             self._save()
@@ -172,41 +204,62 @@ class Journal:
 # --- the manifest --------------------------------------------------------------------------------
 
 ITEM_COLUMNS = ("input", "output", "kind", "status", "reason", "server", "seconds", "attempts", "frames", "fps",
-                "audio", "faces", "audit")
+                "audio", "faces", "audit", "recognizers", "single_recognizer", "redacted", "long_gaps")
 FACE_COLUMNS = ("face", "image", "row", "status_of_face", "recognizer", "measure", "at_place", "threshold",
                 "recognized", "verdict", "box", "size", "found_by")
 
 
 def outcome_record(entry, outcome, server=None):
-    """One item's line of the manifest, with its per-face rows (the audit's figures)."""
-    rows = (outcome.summary or {}).get("rows", []) if outcome is not None else []
+    """One item's line of the manifest, with its per-face rows (the audit's figures), the recognizers that
+    judged (single_recognizer: only ArcFace, the one the method optimizes against), the faces covered by
+    the flat fill (redacted) and the tracker's long gaps per track and frame range."""
+    summary = (outcome.summary if outcome is not None else None) or {}
+    rows = summary.get("rows", [])
     audit = "" if not outcome or outcome.summary is None else ("passed" if outcome.summary["passed"] else "FAILED")
+    if audit == "passed" and summary.get("redacted"):
+        audit = f"passed after redacting {len(summary['redacted'])} face(s)"
+    recognizers = summary.get("recognizers") or []
     return {"input": str(entry.source), "output": str(entry.output), "kind": entry.kind or "",
             "status": outcome.status, "reason": outcome.message, "server": server or "",
             "seconds": round(outcome.seconds, 2), "attempts": outcome.attempts,
             "frames": outcome.details.get("frames", ""), "fps": outcome.details.get("fps", ""),
             "audio": outcome.details.get("audio", ""), "faces": len({(r["image"], r["face"]) for r in rows}),
-            "audit": audit, "written": [str(p) for p in outcome.written], "rows": rows}
+            "audit": audit, "recognizers": "+".join(recognizers),
+            "single_recognizer": bool(recognizers) and not summary.get("independent", False),
+            "redacted": summary.get("redacted", []), "long_gaps": (outcome.tracks or {}).get("long_gaps", []),
+            "written": [str(p) for p in outcome.written], "sha256": {}, "rows": rows}
+
+
+_MANIFEST_LOCK = threading.Lock()
+
+
+def _csv_cell(value):
+    if isinstance(value, list) and value and isinstance(value[0], dict) and "first_frame" in value[0]:
+        return describe_gaps(value)
+    if isinstance(value, list):
+        return "; ".join(f"face {v['face']} (image {v['image']}, row {v['row']})" if isinstance(v, dict) else str(v)
+                         for v in value)
+    return value
 
 
 def write_manifest(path, records):
     """The manifest: JSON (items with their face rows) or CSV (one line per face and recognizer, an item
-    without faces on one line), by the file's suffix; written atomically."""
+    without faces on one line), by the file's suffix; written under a lock, atomically and durably."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f".{path.name}.part")
     if path.suffix.lower() == ".csv":
-        with open(part, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=ITEM_COLUMNS + FACE_COLUMNS)
-            writer.writeheader()
-            for record in records:
-                item = {k: record.get(k, "") for k in ITEM_COLUMNS}
-                for row in record.get("rows") or [{}]:
-                    face = {k: row.get("status" if k == "status_of_face" else k, "") for k in FACE_COLUMNS}
-                    writer.writerow({**item, **face})
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=ITEM_COLUMNS + FACE_COLUMNS)
+        writer.writeheader()
+        for record in records:
+            item = {k: _csv_cell(record.get(k, "")) for k in ITEM_COLUMNS}
+            for row in record.get("rows") or [{}]:
+                face = {k: row.get("status" if k == "status_of_face" else k, "") for k in FACE_COLUMNS}
+                writer.writerow({**item, **face})
+        data = text.getvalue()
     else:
-        part.write_text(json.dumps({"version": 1, "items": records}, indent=1))
-    os.replace(part, path)
+        data = json.dumps({"version": 1, "items": records}, indent=1)
+    with _MANIFEST_LOCK:
+        durable.write_text(path, data)
 
 
 def exit_code(records, interrupted=False):
@@ -226,6 +279,29 @@ def exit_code(records, interrupted=False):
 
 # --- handing items out ---------------------------------------------------------------------------
 
+def server_fault(error):
+    """Why `error` is the fault of the server the item ran on, not of the item (the item then goes to
+    another server and that server leaves the job), or None: it stopped answering or stalled
+    (ServerGone, a request that timed out), or answered what is not its API (malformed JSON, a broken
+    websocket frame)."""
+    if isinstance(error, ServerGone):
+        return str(error)
+    if isinstance(error, requests.exceptions.Timeout):
+        return f"it did not answer in time ({error.__class__.__name__}: {error})"
+    if isinstance(error, (requests.exceptions.JSONDecodeError, json.JSONDecodeError)):
+        return f"it answered what is not JSON ({error.__class__.__name__}: {error})"
+    if isinstance(error, (requests.exceptions.RequestException, websocket.WebSocketException)):
+        return f"talking to it failed ({error.__class__.__name__}: {error})"
+    return None
+
+
+def _reason(error):
+    """An unexpected error as a one-paragraph reason for the manifest."""
+    if isinstance(error, OSError) and getattr(error, "filename", None):
+        return f"{error.__class__.__name__}: {error.strerror or error} ({error.filename})"
+    return f"{error.__class__.__name__}: {error}"
+
+
 class Runner:
     """Runs the entries over the servers (one worker each) and keeps the journal and the manifest."""
 
@@ -238,11 +314,18 @@ class Runner:
         self.busy = 0
         self.cond = threading.Condition()
         self.stop = threading.Event()
+        self.problems = []  # what went wrong with the job's own files (the manifest), said at the end
         self.progress = ItemProgress(len(entries), enabled=not settings.quiet)
 
     # -- the whole job --
     def run(self):
-        self.line.extend(e for e in self.entries if self._before(e) is None)
+        for entry in self.entries:
+            try:
+                settled = self._before(entry)
+            except Exception as e:  # an input that cannot even be looked at (stat, hash): the item's own failure
+                settled = self._settle(entry, self._failed(entry, f"cannot be read: {_reason(e)}"), "failed")
+            if settled is None:
+                self.line.append(entry)
         try:
             self._work_everywhere()
         finally:
@@ -253,7 +336,7 @@ class Runner:
 
     def _before(self, entry):
         """Settle an entry that needs no server: done before, not a photo or clip, or an output that exists."""
-        earlier = self.journal.finished_before(entry)
+        earlier, changed = self.journal.finished_before(entry)
         if earlier is not None:
             record = dict(earlier["outcome"], skipped="already done and audited by an earlier run of this job")
             return self._settle(entry, record, "skipped", f"already done: {entry.label}")
@@ -261,14 +344,16 @@ class Runner:
             return self._settle(entry, self._failed(entry, "not a photo or clip this tool reads (by its suffix: "
                                                     f"photos {', '.join(media.PHOTO_SUFFIXES)}; clips "
                                                     f"{', '.join(media.CLIP_SUFFIXES)})", status="skipped"), "skipped")
+        if changed and not self.overwrite:
+            return self._settle(entry, self._failed(entry, changed), "failed")
         if entry.output.exists() and not self.overwrite:
             return self._settle(entry, self._failed(entry, f"the output {entry.output} already exists and was not "
                                                     "made by this job with these settings; --overwrite replaces it"),
                                 "failed")
         return None
 
-    def _failed(self, entry, reason, code=EXIT_FAILED, status="failed"):
-        record = outcome_record(entry, Outcome(status, code, reason))
+    def _failed(self, entry, reason, code=EXIT_FAILED, status="failed", server=None, details=None):
+        record = outcome_record(entry, Outcome(status, code, reason, details=dict(details or {})), server)
         record["code"] = code
         return record
 
@@ -304,7 +389,7 @@ class Runner:
         for server in self.servers:
             if not server.gone:
                 try:
-                    with server.client() as client:
+                    with server.client(stall=self.settings.stall) as client:
                         client.interrupt()
                 except (ComfyError, OSError):
                     pass
@@ -318,8 +403,15 @@ class Runner:
             self._settle(entry, self._failed(entry, why, code), "failed")
 
     def _write_manifest(self):
-        if self.manifest is not None:
+        if self.manifest is None:
+            return
+        try:
             write_manifest(self.manifest, [self.records[e.key] for e in self.entries if e.key in self.records])
+        except OSError as e:
+            problem = f"the manifest {self.manifest} cannot be written ({_reason(e)})"
+            if problem not in self.problems:
+                self.problems.append(problem)
+                say(f"warning: {problem}")
 
     # -- one server's worker --
     def _next(self):
@@ -339,24 +431,59 @@ class Runner:
             self.cond.notify_all()
 
     def _worker(self, server, position):
-        client = server.client()
+        """Take items until none is left; each is settled (done or failed with its reason) or, when the
+        server is at fault, handed back for another server, whatever happens, before the next is taken."""
+        client = None
         try:
+            client = server.client(stall=self.settings.stall)
             while True:
                 entry = self._next()
                 if entry is None:
                     return
+                give_back = True
                 try:
-                    self._run_entry(entry, server, client, position)
-                except ServerGone as e:
-                    server.gone = str(e)
-                    others = [s.url for s in self.servers if not s.gone]
-                    say(f"the server at {server.url} stopped answering ({e.stage}); {entry.label} "
-                        + (f"goes to another server ({', '.join(others)})" if others else "cannot go to another server"))
-                    self._done_with(entry, give_back=True)
+                    give_back = self._take(entry, server, client, position)
+                finally:
+                    self._done_with(entry, give_back)
+                if give_back:
                     return
-                self._done_with(entry)
+        except Exception as e:  # this worker cannot go on (its client, its server): the others take over
+            if not server.gone:
+                server.gone = f"its worker stopped: {_reason(e)}"
         finally:
-            client.close()
+            if client is not None:
+                client.close()
+
+    def _take(self, entry, server, client, position):
+        """Run one entry on this server; True when it goes back to the line for another server."""
+        try:
+            self._run_entry(entry, server, client, position)
+            return False
+        except Exception as e:
+            fault = server_fault(e)
+            if fault is not None and not self.stop.is_set():
+                server.gone = fault
+                others = [s.url for s in self.servers if not s.gone]
+                say(f"the server at {server.url} failed ({fault.splitlines()[0]}); {entry.label} "
+                    + (f"goes to another server ({', '.join(others)})" if others else "cannot go to another server"))
+                return True
+            self._settle_failure(entry, server, e)
+            return False
+
+    def _settle_failure(self, entry, server, error):
+        """An item that failed with an error of no known kind: reported with its reason, never lost."""
+        item = self.items.pop(entry.key, None)
+        details = dict(getattr(item, "details", {}) or {})
+        code = getattr(error, "code", EXIT_FAILED) if isinstance(error, CliError) else EXIT_FAILED
+        reason = str(error) if isinstance(error, (CliError, media.MediaError, ComfyError)) else _reason(error)
+        record = self._failed(entry, reason, code, server=server.url, details=details)
+        try:
+            self.journal.finish(entry, record)
+            self._forget(item)
+        except Exception as e:
+            say(f"warning: {entry.label}: cleaning up after the failure failed too ({_reason(e)})")
+        self._settle(entry, record, "failed", f"FAILED: {entry.label}: {reason}")
+        self._write_manifest()
 
     def _run_entry(self, entry, server, client, position):
         item = self.items.setdefault(entry.key, entry.make_item(self.settings.crf))
@@ -369,11 +496,21 @@ class Runner:
         outcome = self._outcome(job, entry, adopt)
         record = outcome_record(entry, outcome, server.url)
         record["code"] = outcome.code
+        record["sha256"] = self._make_durable(outcome.written)
         self.journal.finish(entry, record)
         server.items.append(entry.key)
         self._forget(self.items.pop(entry.key))
         self._settle(entry, record, "failed" if outcome.status == "failed" else "done", self._line(entry, record))
         self._write_manifest()
+
+    @staticmethod
+    def _make_durable(written):
+        """{path: sha256} of the outputs just written, each put on the disk first."""
+        digests = {}
+        for path in written:
+            durable.sync(path)
+            digests[str(path)] = durable.sha256(path)
+        return digests
 
     def _forget(self, item):
         """Remove what was made to upload the item (a clip's animated WebP can be large)."""
@@ -384,9 +521,9 @@ class Runner:
     def _outcome(self, job, entry, adopt):
         try:
             return job.run(self.workdir, adopt)
-        except ServerGone:
-            raise  # not the item's fault: another server takes it
         except (media.MediaError, CliError, ComfyError) as e:
+            if isinstance(e, ServerGone):
+                raise  # not the item's fault: another server takes it
             if isinstance(e, CliError) and e.code == EXIT_INTERRUPTED:
                 self.stop.set()
             return Outcome.failed(str(e), getattr(e, "code", EXIT_FAILED), details=dict(job.item.details),
@@ -401,7 +538,7 @@ class Runner:
         if state not in ("success", "running", "pending"):
             return None
         say(f"{entry.label}: resuming prompt {prompt_id} ({state}) that the earlier run left on {server.url}")
-        return {"prompt_id": prompt_id, "attempts": earlier.get("attempts") or [],
+        return {"prompt_id": prompt_id, "attempts": earlier.get("attempts") or [], "redact": earlier.get("redact"),
                 "overrides": {int(k): v for k, v in (earlier.get("overrides") or {}).items()}}
 
     @staticmethod
@@ -410,7 +547,14 @@ class Runner:
             return f"FAILED: {entry.label}: {record['reason']}"
         what = f"{record['frames']} frames, " if record.get("frames") != "" else ""
         audit = f"audit {record['audit']}" if record["audit"] else "no audit in the workflow"
+        if record.get("single_recognizer"):
+            audit += " by ArcFace ALONE (--single-recognizer)"
         mark = " (marked NOT ANONYMIZED, by request)" if record["status"] == "unanonymized" else ""
-        return (f"{record['status']}: {entry.label} -> {record['output']}{mark} ({what}{record['faces']} face(s), {audit}, "
-                f"{record['attempts']} attempt(s), {record['seconds']:.1f} s on {record['server']})")
-
+        lines = [f"{record['status']}: {entry.label} -> {record['output']}{mark} ({what}{record['faces']} face(s), "
+                 f"{audit}, {record['attempts']} attempt(s), {record['seconds']:.1f} s on {record['server']})"]
+        lines += [f"  REDACTED: face {r['face']} (image {r['image']}, row {r['row']}): still recognizable by "
+                  f"{', '.join(r['recognized_by'])} after the last attempt; covered with a flat fill"
+                  for r in record.get("redacted") or []]
+        if record.get("long_gaps"):
+            lines.append(f"  long gaps: {describe_gaps(record['long_gaps'])}")
+        return "\n".join(lines)

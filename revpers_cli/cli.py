@@ -29,6 +29,7 @@ from pathlib import Path
 
 from . import batch, media, servers, standins, workflow
 from revpers_core import guarantee
+from revpers_core.faces import audit as audit_rules
 from . import models as model_registry
 from .api import ComfyError, ServerGone
 from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_MISSING, EXIT_OK, EXIT_SERVER,  # noqa: F401 (exit codes)
@@ -36,7 +37,7 @@ from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_MISSING, EXIT_OK, EXIT_
 from .examples import EXAMPLES, example_photo
 from .host import default_comfyui_dir
 from .photos import photo_has_alpha
-from .job import ClipItem, Job, PhotoItem, Settings
+from .job import ClipItem, Job, PhotoItem, Settings, describe_gaps
 from .progress import NodeProgress, say
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,8 +145,9 @@ def _validate_knobs(p, a):
             p.error(f"{option} {value:g}: {e}")
     if a.faces is not None and not re.fullmatch(r"all|largest|[1-9]\d*", a.faces.strip()):
         p.error(f"--faces {a.faces!r}: use all, largest, or a number N (the N largest faces)")
-    if a.standin_weights and a.server:
-        p.error("--standin-weights runs its own local ComfyUI on the stand-in files; leave out --server")
+    if a.on_fail == "redact" and a.allow_unanonymized:
+        p.error("--on-fail redact covers a face still recognizable with a flat fill; --allow-unanonymized writes "
+                "it visible, marked NOT ANONYMIZED: choose one")
     if not 0 <= a.crf <= 51:
         p.error(f"--crf {a.crf}: x264's quality runs from 0 (lossless) to 51")
     for name, value, bounds in (("--arcface-threshold", a.arcface_threshold, recognizers.ARCFACE_BOUNDS),
@@ -173,7 +175,10 @@ def _knob_values(a):
         values["faces"] = {"all": 0, "largest": 1}.get(faces) if faces in ("all", "largest") else int(faces)
     values["leave_other_faces"] = "leave visible (marked)" if a.leave_other_faces else None
     values["allow_unanonymized"] = values["check_fails"] = None
-    soft = {"lossless"}
+    # the audit's second recognizer is required unless the user says otherwise (--single-recognizer keeps the
+    # workflow's choice, "dlib if installed" in the shipped ones); only clips have a tracker's max_gap
+    values["second_recognizer"] = None if a.single_recognizer else audit_rules.SECOND_RECOGNIZER[1]
+    soft = {"lossless", "second_recognizer", "max_gap"}
     if a.allow_unanonymized:
         # the audit and the crop check each take their own spelling of "report, don't stop"
         values["allow_unanonymized"], values["check_fails"] = "save marked NOT ANONYMIZED", False
@@ -210,6 +215,34 @@ def _graph(path, values, soft, force):
     return graph
 
 
+def _on_fail(a):
+    """What becomes of a face still recognizable after the last retry, per kind of item: --on-fail, or
+    the default for the job's shape (revpers_core.faces.audit.ON_FAIL_DEFAULT); "stop" when failed
+    images are written marked instead (--allow-unanonymized)."""
+    if a.on_fail:
+        return {"photo": a.on_fail, "clip": a.on_fail}
+    if a.allow_unanonymized:
+        return {"photo": "stop", "clip": "stop"}
+    shape = "photo" if _single(a) else "folder"
+    return {"photo": audit_rules.ON_FAIL_DEFAULT[shape], "clip": audit_rules.ON_FAIL_DEFAULT["clip"]}
+
+
+def _refuse_standin_names(a, graphs):
+    """A real run refuses a stand-in checkpoint by its name (its values are random: nothing would be
+    anonymized, and the audit's ArcFace would be random too)."""
+    if a.standin_weights:
+        return
+    for graph in graphs:
+        name = workflow.checkpoint_of(graph)
+        if name in standins.CHECKPOINT_NAMES:
+            raise CliError(f"the workflow loads {name}, a STAND-IN checkpoint with random weights (made by "
+                           "--standin-weights to check an installation): NOT a real model, it anonymizes nobody. "
+                           "Use a real SDXL checkpoint (`revpers models` downloads "
+                           f"{model_registry.DEFAULT_CHECKPOINT}; --checkpoint names your own), or add "
+                           "--standin-weights for the installation check",
+                           EXIT_MISSING)
+
+
 def _settings(a, kinds):
     values, soft = _knob_values(a)
     paths = {"photo": a.workflow, "clip": a.video_workflow}
@@ -220,7 +253,9 @@ def _settings(a, kinds):
         except workflow.WorkflowError as e:
             raise CliError(str(e), EXIT_USAGE)
         graphs[kind] = _graph(path, values, soft, a.force)
-    return Settings(graphs, None if a.no_retry else a.retry_guidance, a.allow_unanonymized, a.timeout, a.crf, a.quiet)
+    _refuse_standin_names(a, graphs.values())
+    return Settings(graphs, None if a.no_retry else a.retry_guidance, a.allow_unanonymized, a.timeout, a.crf, a.quiet,
+                    on_fail=_on_fail(a), fail_on_gaps=a.fail_on_gaps, force=a.force, stall=a.server_stall)
 
 
 def _model_entries(settings):
@@ -268,7 +303,7 @@ def generate_standins(models_dir, arch, comfyui_dir):
 def _local_models(a, comfyui_dir, entries):
     """The models folder for a local server: the stand-ins (generated once), or the user's, checked."""
     models_dir = Path(a.models) if a.models else None
-    if a.standin_weights:
+    if a.standin_weights and not a.server:
         models_dir = Path(a.models or os.environ.get("REVPERS_STANDIN_MODELS") or REPO / ".host" / "standin-models")
         generate_standins(models_dir, a.standin_arch, comfyui_dir)
     elif not a.server:
@@ -292,10 +327,60 @@ def _job_servers(a, comfyui_dir, settings, workdir):
             started.append(servers.start_local(comfyui_dir, _host_args(a), models_dir, workdir, a.python,
                                                a.startup_timeout))
             pool = started
-        yield servers.check_servers(pool, list(settings.graphs.values()), entries)
+        pool = servers.check_servers(pool, list(settings.graphs.values()), entries)
+        yield _check_second_recognizer(a, pool, settings)
     finally:
         for server in started:
             server.host.stop()
+
+
+def _recognizers_of(server, probe, stall):
+    """(the recognizer names the server's audit has, None) or (None, why it could not tell)."""
+    try:
+        with server.client(stall=stall) as client:
+            result = client.run(probe, timeout=max(stall, 120.0))
+    except (ComfyError, OSError, ValueError) as e:  # requests' errors are OSErrors; bad JSON a ValueError
+        return None, f"{e.__class__.__name__}: {e}"
+    summary = workflow.audit_summary(result, probe)
+    if result.status != "success" or summary is None:
+        return None, result.message or "its audit gave no verdict data (an older pack?)"
+    return summary["recognizers"], None
+
+
+def _check_second_recognizer(a, pool, settings):
+    """The servers whose audit has its independent recognizer (dlib), asked with a tiny prompt before any
+    upload. Without it a server is left out of the job, and with none left the job is refused, unless
+    --single-recognizer says ArcFace may judge alone (then it is said here and in every report)."""
+    probes = [workflow.audit_probe(g) for g in settings.graphs.values() if workflow.nodes_of(g, "RevPersAudit")]
+    probe = next((p for p in probes if p is not None), None)
+    if probe is None:
+        return pool
+    usable, lacking = [], []
+    for server in pool:
+        names, problem = _recognizers_of(server, probe, settings.stall)
+        if names is None:
+            lacking.append(f"{server.url}: its audit could not be run ({problem})")
+        elif any(n != "ArcFace" for n in names):
+            usable.append(server)
+            continue
+        elif a.single_recognizer:
+            say(f"warning: --single-recognizer: the audit on {server.url} has no second recognizer (dlib is not "
+                "installed there): ArcFace, the recognizer the method optimizes against, judges alone, and every "
+                "report and the manifest say so")
+            usable.append(server)
+            continue
+        else:
+            lacking.append(f"{server.url}: dlib, the audit's independent recognizer, is not installed there")
+        server.gone = lacking[-1]
+        if len(pool) > 1:
+            say(f"warning: the server at {lacking[-1]}; it is left out of the job")
+    if usable:
+        return usable
+    from revpers_core.faces import recognizers
+    raise CliError("the audit cannot judge with a recognizer the method did not optimize against:\n  "
+                   + "\n  ".join(lacking) + f"\nInstall it in the server's Python ({recognizers.DLIB_PACKAGES}), "
+                   "or run with --single-recognizer to let ArcFace judge alone (said in every report and the "
+                   "manifest)", EXIT_MISSING)
 
 
 # --- anonymize -----------------------------------------------------------------------------------
@@ -341,7 +426,7 @@ def _run_single(a, settings, server, workdir):
     """One photo or clip, told in full: progress per node, the audit's text, the attempts, what was written."""
     item = _single_item(a, workdir)
     try:
-        with server.client() as client:
+        with server.client(stall=settings.stall) as client:
             progress = NodeProgress({}, enabled=not a.quiet)
             outcome = Job(item, settings, client, progress).run(workdir)
     except ServerGone as e:
@@ -350,6 +435,14 @@ def _run_single(a, settings, server, workdir):
         raise CliError(str(e), EXIT_FAILED)
     except ComfyError as e:
         raise CliError(f"the server answered with an error: {e}", EXIT_SERVER)
+    except CliError:
+        raise
+    except Exception as e:  # whatever else raises, the command ends with the reason, never a traceback
+        fault = batch.server_fault(e)
+        if fault is not None:
+            raise CliError(f"the server at {server.url} failed: {fault}. Nothing was written to {a.output}.",
+                           EXIT_SERVER)
+        raise CliError(f"{item.label}: {e.__class__.__name__}: {e}; nothing more was written", EXIT_FAILED)
     _print_checks(outcome, settings)
     if a.manifest:
         entry = batch.Entry(item.source, item.output, Path(item.output).name, item.kind)
@@ -380,6 +473,17 @@ def _print_checks(outcome, settings):
         print("guaranteed mode, attempts per face:")
         for line in outcome.attempt_lines:
             print(line)
+    summary = outcome.summary or {}
+    if summary.get("recognizers") and not summary.get("independent"):
+        print(f"WARNING: the audit was judged by {' and '.join(summary['recognizers'])} ALONE (--single-recognizer): "
+              "the recognizer the method optimizes against, with no independent judge")
+    for r in summary.get("redacted", []):
+        print(f"REDACTED: face {r['face']} (image {r['image']}, row {r['row']}): still recognizable by "
+              f"{', '.join(r['recognized_by'])} after the last attempt; covered with a flat fill over its face "
+              f"region ({r['pixels']} px), and the audit passed again")
+    gaps = (outcome.tracks or {}).get("long_gaps", [])
+    if gaps:
+        print(f"long gaps of the tracker (not interpolated; the audit judged those frames): {describe_gaps(gaps)}")
 
 
 def _run_many(a, entries, settings, pool, workdir):
@@ -398,9 +502,13 @@ def _run_many(a, entries, settings, pool, workdir):
     except KeyboardInterrupt:
         records, interrupted = list(runner.records.values()), True
     _print_summary(records, manifest, time.time() - started, pool)
+    problems = runner.problems + ([f"the journal could not be written ({journal.broken})"] if journal.broken else [])
+    for problem in problems:
+        print(f"  WARNING: {problem}")
     if a.standin_weights:
         say(BANNER)
-    return batch.exit_code(records, interrupted)
+    code = batch.exit_code(records, interrupted)
+    return EXIT_FAILED if code == EXIT_OK and runner.problems else code
 
 
 def _print_summary(records, manifest, seconds, pool):
@@ -608,6 +716,20 @@ def _add_audit_options(an):
                    + "); the other faces stay bit-identical. After the last, the run fails naming the faces")
     g.add_argument("--no-retry", action="store_true", help="no guaranteed mode: a face that fails the audit "
                    "fails the run at once")
+    g.add_argument("--on-fail", choices=sorted(audit_rules.ON_FAIL_WORDS), help="a face still recognizable after "
+                   "the last retry: stop (fail closed: the item fails, nothing is written) or redact (cover it "
+                   "with the flat fill small faces get, over its whole face region, audit again, and report it as "
+                   "redacted). Default: stop for one photo (you are looking at it and can run it again with "
+                   "other settings); redact for a folder and for a clip (one stubborn face would otherwise lose "
+                   "photo 9,000 of a dataset or a whole clip for frame 1,000)")
+    g.add_argument("--single-recognizer", action="store_true", help="run even where the audit's second, "
+                   "independent recognizer (dlib) is not installed: ArcFace, the recognizer the method optimizes "
+                   "against, then judges alone, and every report and the manifest say so (default: refuse)")
+    g.add_argument("--max-gap", type=int, dest="max_gap", help="clips: frames a tracked face may go undetected "
+                   "and still be anonymized at its interpolated place (default 8); a longer gap is reported per "
+                   "track and frame range")
+    g.add_argument("--fail-on-gaps", action="store_true", help="clips: fail the item when the tracker lost a "
+                   "person for longer than --max-gap frames (default: report the gaps, the audit judges the frames)")
 
 
 def _add_server_options(an):
@@ -619,7 +741,8 @@ def _add_server_options(an):
     g.add_argument("--models", help="an extra models folder (checkpoints/, ipadapter/, insightface/...) for "
                    "the local server; with --standin-weights, where the stand-ins go")
     g.add_argument("--standin-weights", action="store_true", help="installation check: generate random "
-                   "stand-in weights and run the same graph on them (output is NOT an anonymization). "
+                   "stand-in weights and run the same graph on them (output is NOT an anonymization); with "
+                   "--server, the stand-ins are already in that server's models folders. "
                    f"Defaults then: --steps {STANDIN_DEFAULTS['steps']}, --crop-size {STANDIN_DEFAULTS['crop_size']}"
                    ", and on a CPU a local server with the UNet in bf16 and PyTorch attention (see --standin-unet)")
     g.add_argument("--standin-unet", choices=sorted(STANDIN_CPU_SERVER_ARGS), default="bf16",
@@ -631,6 +754,9 @@ def _add_server_options(an):
     g.add_argument("--server-args", help="more arguments for the local server, e.g. '--bf16-unet'")
     g.add_argument("--python", help="Python to run the local server with (default: this one)")
     g.add_argument("--timeout", type=float, default=24 * 3600.0, help="seconds to wait for the run of an item")
+    g.add_argument("--server-stall", type=float, default=300.0, metavar="SECONDS", help="a server that sends "
+                   "nothing and answers nothing for this long counts as stalled: it leaves the job and its item "
+                   "goes to another server (default 300)")
     g.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the server")
 
 

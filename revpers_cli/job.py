@@ -5,7 +5,9 @@
 `Item.prepare` reads the file on this side (a clip is decoded here, so a bad one fails before the
 server sees it); `upload` sends it; `graph` sets its name on the workflow; `attempts` queues the graph
 and follows it, and in guaranteed mode queues it again with stronger guidance for the faces the
-audit still recognizes; `verdict` reads what the checks said; `fetch` downloads the saved pictures
+audit still recognizes, then (with on_fail "redact") once more with the audit told to cover the faces
+still recognizable; `verdict` reads what the checks said, from their verdict data only (a node that
+judges but gave none fails the item); `fetch` downloads the saved pictures
 and `Item.save` writes the output (a photo in the format its name asks, a clip encoded with its
 audio). A failure is a `CliError` with a message and an exit code; a server that stops answering is
 `ServerGone`, left to the caller (another server may take the item).
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from . import media, workflow
 from revpers_core import guarantee
+from revpers_core.faces import audit as audit_rules
 from .api import PromptRejected, ServerGone
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNANONYMIZED, CliError
 from .progress import NodeProgress, say
@@ -27,7 +30,10 @@ __all__ = ["Settings", "Outcome", "PhotoItem", "ClipItem", "Job"]
 @dataclass
 class Settings:
     """What every item of a job shares: the workflow of each kind with the job's knobs set, guaranteed
-    mode's retry guidances (None = off), whether failed images are written marked, and limits."""
+    mode's retry guidances (None = off), whether failed images are written marked, what happens to a face
+    still recognizable after the last retry (on_fail per kind: "stop" or "redact"), whether a tracker's
+    long gap fails the item, whether settings that cannot anonymize were forced, and limits (`stall`: how
+    long a server may answer nothing before it counts as stalled)."""
 
     graphs: dict
     retries: tuple = None
@@ -35,6 +41,10 @@ class Settings:
     timeout: float = 24 * 3600.0
     crf: int = media.CRF_DEFAULT
     quiet: bool = False
+    on_fail: dict = field(default_factory=dict)
+    fail_on_gaps: bool = False
+    force: bool = False
+    stall: float = 300.0
 
 
 @dataclass
@@ -46,6 +56,7 @@ class Outcome:
     message: str = ""
     written: list = field(default_factory=list)
     summary: dict = None             # the audit's verdicts (workflow.audit_summary)
+    tracks: dict = None              # what Detect and Track did (workflow.tracks_summary): long gaps...
     texts: list = field(default_factory=list)
     attempt_lines: list = field(default_factory=list)
     attempts: int = 0
@@ -136,11 +147,19 @@ class Job:
         name = f"revpers-{uuid.uuid4().hex[:8]}-{self.item.upload_file.name}"
         return self.client.upload_image(self.item.upload_file, name=name)
 
+    @property
+    def on_fail(self):
+        """"stop" or "redact": what becomes of a face still recognizable after the last retry."""
+        return self.settings.on_fail.get(self.item.kind, "stop")
+
     def graph(self, name):
         graph = workflow.apply_knobs(self.settings.graphs[self.item.kind], {"image": name})
-        if self.settings.retries is not None and workflow.nodes_of(graph, "RevPersAudit"):
-            # the audit hands its verdicts back instead of stopping: the CLI decides what is written
-            graph = workflow.apply_knobs(graph, {"allow_unanonymized": "save marked NOT ANONYMIZED"})
+        if workflow.nodes_of(graph, "RevPersAudit"):
+            if self.settings.retries is not None:
+                # the audit hands its verdicts back instead of stopping: the CLI decides what is written
+                graph = workflow.with_on_fail(graph, audit_rules.MARK)
+            elif self.on_fail == "redact" and not self.settings.allow_unanonymized:
+                graph = workflow.with_on_fail(graph, audit_rules.REDACT)
         self.progress.graph = graph
         return graph
 
@@ -157,23 +176,41 @@ class Job:
             plan.next(record["failed_rows"], record.get("unfixable", ()))
         return plan
 
+    @staticmethod
+    def _redacts(graph):
+        audits = workflow.nodes_of(graph, "RevPersAudit")
+        return bool(audits) and all(graph[n]["inputs"].get("on_fail") == audit_rules.REDACT for n in audits)
+
     def attempts(self, graph, adopt=None):
         """Run the graph; in guaranteed mode again, only the failing faces sampled harder, until the audit
-        passes or the strongest guidance was tried. (last result, its audit summary, the plan)"""
+        passes or the strongest guidance was tried; then, when faces are still recognizable and on_fail is
+        "redact", once more with the audit covering them (the server has every other node's output cached,
+        so only the audit and the save run again). (last result, its audit summary, the plan)"""
         plan = self._plan(graph, adopt)
         overrides = dict(plan.attempts[-1].overrides) if plan is not None else {}
         pending = (adopt or {}).get("prompt_id")
+        redacting = bool((adopt or {}).get("redact"))
         while True:
-            result = self.run_graph(workflow.with_face_guidance(graph, overrides), overrides, pending)
+            run = workflow.with_face_guidance(graph, overrides)
+            if redacting:
+                run = workflow.with_on_fail(run, audit_rules.REDACT)
+            result = self.run_graph(run, overrides, pending, redact=redacting)
             pending = None
             summary = workflow.audit_summary(result, graph)
-            if plan is None or summary is None or summary["passed"]:
+            if summary is None or not summary["recognized"] or redacting or self._redacts(run):
                 return result, summary, plan
-            self.journal("attempt", failed_rows=summary["failed_rows"], unfixable=summary["unfixable"])
-            overrides = plan.next(summary["failed_rows"], summary["unfixable"])
-            if overrides is None:
+            if plan is not None:
+                self.journal("attempt", failed_rows=summary["failed_rows"], unfixable=summary["unfixable"])
+                following = plan.next(summary["failed_rows"], summary["unfixable"])
+                if following is not None:
+                    overrides = following
+                    self._say_retry(plan, overrides)
+                    continue
+            if self.on_fail != "redact" or self.settings.allow_unanonymized:
                 return result, summary, plan
-            self._say_retry(plan, overrides)
+            redacting = True
+            say(f"on-fail redact{self._of()}: face(s) still recognizable after the last attempt; covering them "
+                "with a flat fill and auditing again")
 
     def _say_retry(self, plan, overrides):
         rows = ", ".join(str(r) for r in plan.attempts[-2].failed_rows)
@@ -184,17 +221,17 @@ class Job:
     def _of(self):
         return f" ({self.item.label})" if self.progress.prefix else ""
 
-    def _queue(self, graph, overrides):
+    def _queue(self, graph, overrides, redact=False):
         """Queue the graph under a token of ours, told to the journal first: a job killed at any moment
         finds its prompt on the server again by that token (ComfyClient.find_prompt)."""
         token = uuid.uuid4().hex
-        self.journal("queueing", token=token, overrides=overrides)
+        self.journal("queueing", token=token, overrides=overrides, redact=redact)
         return self.client.queue(graph, extra_data={"revpers_token": token})
 
-    def run_graph(self, graph, overrides, pending=None):
+    def run_graph(self, graph, overrides, pending=None, redact=False):
         """Queue the graph (or follow `pending`, the id of a prompt already queued) to its end; its result."""
         try:
-            prompt_id = pending or self._queue(graph, overrides)
+            prompt_id = pending or self._queue(graph, overrides, redact)
             result = self.client.follow(prompt_id, on_event=self.progress, timeout=self.settings.timeout)
         except PromptRejected as e:
             raise CliError(f"the server refused the workflow:\n{e}", EXIT_FAILED)
@@ -214,12 +251,28 @@ class Job:
         return result
 
     def verdict(self, result, graph, summary, plan):
-        """What the checks said: written (passed, or marked by request) or failed, with the texts to show."""
+        """What the checks said, from their verdict data only: written (passed, or marked by request) or
+        failed, with the texts to show. A node that judges but gave no verdict fails the item."""
         texts = workflow.check_texts(result, graph)
-        failed = (not summary["passed"]) if summary is not None else \
-            any("RESULT: FAILED" in t or "at or above the threshold" in t for t in texts)
+        tracks = workflow.tracks_summary(result, graph)
         lines = plan.lines() if plan is not None and len(plan.attempts) > 1 else []
-        common = dict(summary=summary, texts=texts, attempt_lines=lines, attempts=len(plan.attempts) if plan else 1)
+        common = dict(summary=summary, tracks=tracks, texts=texts, attempt_lines=lines,
+                      attempts=len(plan.attempts) if plan else 1)
+        missing = workflow.missing_verdicts(result, graph)
+        if missing:
+            return Outcome.failed(f"no verdict from {', '.join(missing)}: a node that judges gave no verdict data "
+                                  f"(an older pack on the server?), so nothing was written to {self.item.output}",
+                                  **common)
+        sampler = workflow.sampler_summary(result, graph)
+        if sampler is not None and not sampler["anonymizing"] and not self.settings.force:
+            return Outcome.failed("the sampler's settings cannot anonymize: " + "; ".join(sampler["warnings"])
+                                  + f"; nothing was written to {self.item.output}", **common)
+        gaps = (tracks or {}).get("long_gaps", [])
+        if gaps and self.settings.fail_on_gaps:
+            return Outcome.failed(f"--fail-on-gaps: {describe_gaps(gaps)}; nothing was written to "
+                                  f"{self.item.output}", **common)
+        check = workflow.check_summary(result, graph)
+        failed = (summary is not None and not summary["passed"]) or (check is not None and not check["passed"])
         if not failed:
             return Outcome("done", EXIT_OK, **common)
         if self.settings.allow_unanonymized:
@@ -237,6 +290,13 @@ class Job:
                 for img in images]
 
 
+def describe_gaps(gaps):
+    """The tracker's long gaps, one phrase each: "track 1 not detected in frames 6-7 (2 frames > max_gap 1)"."""
+    return "; ".join(f"track {g['track']} not detected in frames {g['first_frame']}-{g['last_frame']} "
+                     f"({g['frames']} frames > max_gap {g['max_gap']}; not interpolated, left to the audit)"
+                     for g in gaps)
+
+
 def not_anonymized(summary, plan, output):
     """Why an item was not written: the faces still recognizable, and what may help."""
     lines = ["the audit FAILED: a face is still recognizable in the anonymized photo, so nothing was written "
@@ -249,5 +309,6 @@ def not_anonymized(summary, plan, output):
             lines.append(f"  face row(s) {', '.join(map(str, plan.exhausted_rows))}: still recognizable after the "
                          f"strongest guidance tried ({((plan.base,) + plan.retries)[-1]:g})")
     lines.append("See the audit above. Stronger --retry-guidance values, another --seed or --attribute may help; "
-                 "--allow-unanonymized writes the photo marked NOT ANONYMIZED (exit code 5).")
+                 "--on-fail redact covers such faces with a flat fill; --allow-unanonymized writes the photo "
+                 "marked NOT ANONYMIZED (exit code 5).")
     return "\n".join(lines)

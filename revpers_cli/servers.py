@@ -25,8 +25,9 @@ class Server:
     gone: str = ""                   # why it left the job ("" while usable)
     items: list = field(default_factory=list)  # labels of the items it finished
 
-    def client(self):
-        return ComfyClient(self.url)
+    def client(self, **options):
+        """A ComfyClient for this server (`options`: ComfyClient's, e.g. stall)."""
+        return ComfyClient(self.url, **options)
 
 
 def cpu_only():

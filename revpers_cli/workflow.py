@@ -13,9 +13,10 @@ from pathlib import Path
 from revpers_core import guarantee
 from . import models as model_registry
 
-__all__ = ["WorkflowError", "SHIPPED", "KNOBS", "OUTPUT_CLASSES", "CHECK_CLASSES", "find_workflow",
+__all__ = ["WorkflowError", "SHIPPED", "KNOBS", "OUTPUT_CLASSES", "CHECK_CLASSES", "VERDICTS", "find_workflow",
            "load_workflow", "nodes_of", "apply_knobs", "check_against_server", "weak_settings",
-           "with_face_guidance", "check_texts", "audit_summary", "guidance_of", "checkpoint_of"]
+           "with_face_guidance", "with_on_fail", "audit_probe", "check_texts", "audit_summary", "check_summary",
+           "sampler_summary", "tracks_summary", "missing_verdicts", "guidance_of", "checkpoint_of"]
 
 REPO = Path(__file__).resolve().parent.parent
 # The shipped workflow for each kind of item.
@@ -40,6 +41,9 @@ KNOBS = {
     # save photos that fail the audit (marked NOT ANONYMIZED) instead of stopping the run
     "allow_unanonymized": [("RevPersAudit", "on_fail")],
     "check_fails": [("RevPersAnonymityCheck", "fail_if_recognizable")],  # set with --allow-unanonymized
+    # "dlib (required)" unless --single-recognizer: the audit's independent judge is not left out by accident
+    "second_recognizer": [("RevPersAudit", "second_recognizer")],
+    "max_gap": [("RevPersDetectTrack", "max_gap")],
     "arcface_threshold": [("RevPersAudit", "arcface_threshold")],
     "dlib_threshold": [("RevPersAudit", "dlib_threshold")],
     "crop_size": [(d, "crop_size") for d in _DETECTORS],
@@ -49,6 +53,10 @@ KNOBS = {
 }
 OUTPUT_CLASSES = ("SaveImage", "SaveAnimatedWEBP")
 CHECK_CLASSES = ("RevPersAudit", "RevPersAnonymityCheck")
+# The nodes that judge, and the key of their UI output that holds their verdict as data: the CLI reads only
+# these (a node of these kinds whose data is missing fails the item), never the text they show.
+VERDICTS = {"RevPersAudit": "revpers_audit", "RevPersAnonymityCheck": "revpers_check",
+            "RevPersAnonymizedSampler": "revpers_sampler", "RevPersDetectTrack": "revpers_tracks"}
 _ALWAYS_SET = ("LoadImage", "SaveImage", "SaveAnimatedWEBP")  # inputs set even where the file leaves them out
 
 
@@ -196,25 +204,103 @@ def with_face_guidance(graph, overrides):
     return graph
 
 
+def audit_probe(graph):
+    """A tiny graph that asks a server which recognizers its audit has: the workflow's own Face Analysis
+    Loader, an empty 64x64 picture audited against itself with dlib if installed (no face, so it passes);
+    its verdict data names the recognizers. None when the workflow has no audit fed by a loader of literal
+    settings."""
+    for nid in nodes_of(graph, "RevPersAudit"):
+        link = graph[nid]["inputs"].get("analysis")
+        loader = graph.get(str(link[0])) if isinstance(link, list) else None
+        if loader is None or any(isinstance(v, list) for v in loader.get("inputs", {}).values()):
+            continue
+        audit = {k: v for k, v in graph[nid]["inputs"].items() if not isinstance(v, list)}
+        audit.update(analysis=["1", 0], original=["2", 0], anonymized=["2", 0],
+                     second_recognizer="dlib if installed", on_fail="stop the run")
+        return {"1": json.loads(json.dumps(loader)),
+                "2": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+                "3": {"class_type": "RevPersAudit", "inputs": audit}}
+    return None
+
+
+def with_on_fail(graph, choice):
+    """The graph with every audit's on_fail set to `choice` (one of revpers_core.faces.audit.ON_FAIL)."""
+    graph = json.loads(json.dumps(graph))
+    for nid in nodes_of(graph, "RevPersAudit"):
+        graph[nid]["inputs"]["on_fail"] = choice
+    return graph
+
+
 def check_texts(result, graph):
-    """What the check nodes (and a sampler's NOT ANONYMIZING warning) said in their UI output."""
+    """What the check nodes said in their UI output, for people to read, and the sampler's warnings (from
+    its data)."""
     texts = []
     for nid in nodes_of(graph, CHECK_CLASSES):
         value = (result.outputs.get(nid) or {}).get("text", [])
         texts += [t for t in (value if isinstance(value, list) else [value]) if isinstance(t, str)]
-    for nid in nodes_of(graph, "RevPersAnonymizedSampler"):
-        texts += [t for t in (result.outputs.get(nid) or {}).get("text", []) if t.startswith("NOT ANONYMIZING")]
+    for verdict in _verdicts(result, graph, "RevPersAnonymizedSampler"):
+        texts += [w for w in verdict.get("warnings", []) if isinstance(w, str)]
     return texts
 
 
+def _verdicts(result, graph, class_type):
+    """The verdict data of every node of `class_type` in the result, in node order."""
+    key = VERDICTS[class_type]
+    return [item for nid in nodes_of(graph, class_type)
+            for item in (result.outputs.get(nid) or {}).get(key, []) if isinstance(item, dict)]
+
+
+def missing_verdicts(result, graph):
+    """The nodes that judge (VERDICTS) but gave no verdict data in `result`: "node N (class)" each."""
+    missing = []
+    for class_type, key in VERDICTS.items():
+        for nid in nodes_of(graph, class_type):
+            items = (result.outputs.get(nid) or {}).get(key)
+            if not (isinstance(items, list) and items and all(isinstance(i, dict) for i in items)):
+                missing.append(f"node {nid} ({class_type})")
+    return missing
+
+
 def audit_summary(result, graph):
-    """The audit node's verdicts as data (merged over its outputs), or None without an audit."""
-    summaries = [item for nid in nodes_of(graph, "RevPersAudit")
-                 for item in (result.outputs.get(nid) or {}).get("revpers_audit", []) if isinstance(item, dict)]
+    """The audit nodes' verdicts as data (merged over their outputs), or None without one."""
+    summaries = _verdicts(result, graph, "RevPersAudit")
     if not summaries:
         return None
-    return {"passed": all(x["passed"] for x in summaries),
+    return {"passed": all(x.get("passed") is True for x in summaries),
+            "recognized": any(x.get("recognized", not x.get("passed")) for x in summaries),
             "failed_rows": sorted({r for x in summaries for r in x.get("failed_rows", [])}),
             "unfixable": [u for x in summaries for u in x.get("unfixable", [])],
             "left": sum(int(x.get("left", 0)) for x in summaries),
-            "rows": [r for x in summaries for r in x.get("rows", [])]}
+            "rows": [r for x in summaries for r in x.get("rows", [])],
+            "recognizers": sorted({n for x in summaries for n in x.get("recognizers", [])}),
+            "independent": all(x.get("independent") is True for x in summaries),
+            "redacted": [r for x in summaries for r in x.get("redacted", [])]}
+
+
+def check_summary(result, graph):
+    """The Anonymity Check nodes' verdicts as data (merged), or None without one."""
+    checks = _verdicts(result, graph, "RevPersAnonymityCheck")
+    if not checks:
+        return None
+    return {"passed": all(x.get("passed") is True for x in checks),
+            "faces": [f for x in checks for f in x.get("faces", [])]}
+
+
+def sampler_summary(result, graph):
+    """The Anonymized Samplers' verdicts as data (merged), or None without one."""
+    samplers = _verdicts(result, graph, "RevPersAnonymizedSampler")
+    if not samplers:
+        return None
+    return {"anonymizing": all(x.get("anonymizing") is True for x in samplers),
+            "warnings": [w for x in samplers for w in x.get("warnings", [])]}
+
+
+def tracks_summary(result, graph):
+    """What Detect and Track did, as data (merged), or None without one: the long gaps per track and frame
+    range, the faces interpolated, the frames without a face."""
+    found = _verdicts(result, graph, "RevPersDetectTrack")
+    if not found:
+        return None
+    return {"long_gaps": [g for x in found for g in x.get("long_gaps", [])],
+            "interpolated": [f for x in found for f in x.get("interpolated", [])],
+            "unchanged_frames": sorted({f for x in found for f in x.get("unchanged_frames", [])})}

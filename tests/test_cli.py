@@ -59,7 +59,7 @@ def usage_error(argv, capsys):
     (["--crop-size", "100"], "--crop-size 100: crop size 100 is not supported: use a multiple of 8 from 64"),
     (["--faces", "the big one"], "--faces 'the big one': use all, largest, or a number N"),
     (["--faces", "0,2"], "--faces '0,2': use all, largest, or a number N"),
-    (["--standin-weights", "--server", "http://127.0.0.1:1"], "leave out --server"),
+    (["--on-fail", "redact", "--allow-unanonymized"], "--on-fail redact covers a face still recognizable"),
 ])
 def test_bad_knobs_are_refused_with_the_reason(photo, tmp_path, capsys, extra, message):
     err = usage_error(["anonymize", photo, "-o", tmp_path / "out.png", *extra], capsys)
