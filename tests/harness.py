@@ -9,7 +9,7 @@ folders, and a models base folder the tests fill with stand-in weights. The clie
 import sys
 from pathlib import Path
 
-from paths import ARTIFACTS, HOST, REPO
+from paths import ARTIFACTS, HOST, REPO, UI_SERVER_ARGS
 from revpers_cli.api import ComfyClient, ExecutionFailed, PromptRejected, RunResult  # noqa: F401
 from revpers_cli.host import ComfyHost
 
@@ -58,7 +58,7 @@ def start_server(workdir):
     host = ComfyHost(
         HOST,
         python=sys.executable,
-        extra_args=["--cpu", "--use-pytorch-cross-attention", "--disable-auto-launch"],
+        extra_args=["--cpu", "--use-pytorch-cross-attention", "--disable-auto-launch"] + UI_SERVER_ARGS,
         models_dir=TEST_MODELS,
         input_dir=workdir / "input",
         output_dir=workdir / "output",

@@ -9,6 +9,9 @@ HOST = default_comfyui_dir()  # $COMFYUI_DIR, else .host/comfyui-$REVPERS_HOST (
 # the reference's numbers on tiny random weights (tests/data/oracle/README.md): part of the repository
 ORACLE = REPO / "tests" / "data" / "oracle"
 ARTIFACTS = Path(os.environ.get("REVPERS_ARTIFACTS") or REPO / "artifacts")
+# More arguments for the servers the web UI tests open, e.g. another front end for a check by hand:
+# REVPERS_UI_SERVER_ARGS="--front-end-root /path/to/comfyui_frontend_package/static"
+UI_SERVER_ARGS = os.environ.get("REVPERS_UI_SERVER_ARGS", "").split()
 
 
 def artifact_dir(area):

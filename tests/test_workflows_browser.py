@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from paths import ARTIFACTS, HOST, REPO, artifact_dir
+from paths import ARTIFACTS, HOST, REPO, UI_SERVER_ARGS, artifact_dir
 from webui import broken_links, chromium_available, expected_prompt, fit_view, frontend_version
 from webui import graph_to_prompt, has_subgraphs, load_ui_workflow, missing_node_types, normalized_prompt
 from webui import page_errors, web_ui, without_subgraph_paths
@@ -56,7 +56,7 @@ def frontends_own_errors(tmp_path_factory):
         n for n in names if n == "__pycache__" or (Path(folder) == HOST and n in top_level)])
     for folder in ("custom_nodes", "input", "output"):
         (bare / folder).mkdir()
-    host = ComfyHost(bare, python=sys.executable, extra_args=["--cpu", "--disable-auto-launch"],
+    host = ComfyHost(bare, python=sys.executable, extra_args=["--cpu", "--disable-auto-launch"] + UI_SERVER_ARGS,
                      input_dir=bare / "input", output_dir=bare / "output",
                      log_path=ARTIFACTS / "server" / "comfyui-bare.log", startup_timeout=300)
     host.start()

@@ -6,6 +6,9 @@ import os
 import shutil
 
 CHROMIUM = os.environ.get("REVPERS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# REVPERS_VUE_NODES=1: the front end renders nodes with Vue ("Nodes 2.0", the default of new Desktop and
+# Cloud installs) in every page the tests open, where the front end has that setting
+VUE_NODES = os.environ.get("REVPERS_VUE_NODES", "").strip() not in ("", "0")
 # Flags that keep Chromium from reaching for the network at start (this machine has none) and let it
 # run as root in a container.
 CHROMIUM_ARGS = [
@@ -36,6 +39,15 @@ def web_ui(url, width=2560, height=1280):
             page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph "
                                    "&& Object.keys(LiteGraph.registered_node_types).length > 50",
                                    timeout=60_000)
+            if VUE_NODES:
+                page.vue_nodes = page.evaluate("""async () => {
+                    const settings = app.extensionManager?.setting;
+                    if (!settings) return false;
+                    await settings.set('Comfy.VueNodes.Enabled', true);
+                    return settings.get('Comfy.VueNodes.Enabled') === true;
+                }""")
+            # a dialog the front end opens on a first visit (the template browser) would cover the graph
+            page.keyboard.press("Escape")
             yield page
         finally:
             browser.close()
