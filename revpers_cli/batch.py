@@ -57,9 +57,9 @@ class Entry:
     kind: str = None  # "photo", "clip", or None (neither, by its suffix)
     label: str = ""
 
-    def make_item(self, crf):
+    def make_item(self, crf, audio=media.AUDIO_DEFAULT):
         if self.kind == "clip":
-            return ClipItem(self.source, self.output, self.label, crf)
+            return ClipItem(self.source, self.output, self.label, crf, audio)
         return PhotoItem(self.source, self.output, self.label)
 
 
@@ -80,11 +80,20 @@ def _files_under(folder, output):
     return found
 
 
-def plan_entries(inputs, output):
+def numbered_name(number, relative, kind):
+    """The output's name when outputs are named by number: 00001.png, 00002.mp4, ... (the suffix the output
+    is written in), straight in the output folder: neither the input's name nor its folders show."""
+    return Path(f"{number:05d}{output_name(relative, kind).suffix}")
+
+
+def plan_entries(inputs, output, numbered=False):
     """The entries of a job over `inputs` (files and folders) writing into the folder `output`: a single
-    folder's files keep their paths under it; with several inputs, a folder's go under its own name."""
+    folder's files keep their paths under it; with several inputs, a folder's go under its own name.
+    `numbered`: each photo and clip is written as its number in that order instead (numbered_name); only
+    the manifest says which input became which number."""
     output = Path(output)
     entries, by_key = [], {}
+    number = 0
     for given in map(Path, inputs):
         if given.is_dir():
             base = given if len(inputs) == 1 else given.parent
@@ -93,7 +102,11 @@ def plan_entries(inputs, output):
             pairs = [(given, Path(given.name))]
         for source, relative in pairs:
             kind = media.kind_of(source)
-            key = (output_name(relative, kind) if kind else relative).as_posix()
+            if kind and numbered:
+                number += 1
+                key = numbered_name(number, relative, kind).as_posix()
+            else:
+                key = (output_name(relative, kind) if kind else relative).as_posix()
             if key in by_key:
                 raise CliError(f"{source} and {by_key[key]} would both be written to {output / key}; give them "
                                "separately or rename one", EXIT_USAGE)
@@ -106,6 +119,7 @@ def settings_digest(settings):
     """A digest of everything that decides an item's output: the workflows with the job's knobs, guaranteed
     mode, whether failed images are written, the clip encoding."""
     text = json.dumps({"graphs": settings.graphs, "retries": settings.retries, "crf": settings.crf,
+                       "audio": settings.audio,
                        "allow_unanonymized": settings.allow_unanonymized, "on_fail": settings.on_fail,
                        "fail_on_gaps": settings.fail_on_gaps, "force": settings.force}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -179,9 +193,16 @@ class Journal:
 
     def begin(self, entry, server):
         with self.lock:
+            left = (self.items.get(entry.key) or {}).get("left_on_server", [])  # an earlier run's, still there
             self.items[entry.key] = {**self._stamp(entry), "settings": self.digest, "status": "running",
-                                     "server": server, "token": None, "overrides": {}, "attempts": []}
+                                     "server": server, "token": None, "overrides": {}, "attempts": [],
+                                     "left_on_server": left}
             self._save()
+
+    def left_of(self, entry):
+        """The files this item left on servers given by URL, over every run of the job (Job._left)."""
+        with self.lock:
+            return list((self.items.get(entry.key) or {}).get("left_on_server", []))
 
     def note(self, entry, event, **data):
         """A Job's journal event: "queueing" (token, overrides) or "attempt" (failed_rows, unfixable)."""
@@ -192,6 +213,10 @@ class Journal:
                               redact=bool(data.get("redact")))
             elif event == "attempt":
                 record.setdefault("attempts", []).append(data)
+            elif event == "left":
+                left = record.setdefault("left_on_server", [])
+                if data not in left:
+                    left.append(data)
             self._save()
 
     def finish(self, entry, outcome_record):
@@ -204,7 +229,8 @@ class Journal:
 # --- the manifest --------------------------------------------------------------------------------
 
 ITEM_COLUMNS = ("input", "output", "kind", "status", "reason", "server", "seconds", "attempts", "frames", "fps",
-                "audio", "faces", "audit", "recognizers", "single_recognizer", "redacted", "long_gaps")
+                "audio", "audio_output", "faces", "audit", "recognizers", "single_recognizer", "redacted", "long_gaps",
+                "left_on_server")
 FACE_COLUMNS = ("face", "image", "row", "status_of_face", "recognizer", "measure", "at_place", "threshold",
                 "recognized", "verdict", "box", "size", "found_by")
 
@@ -212,7 +238,10 @@ FACE_COLUMNS = ("face", "image", "row", "status_of_face", "recognizer", "measure
 def outcome_record(entry, outcome, server=None):
     """One item's line of the manifest, with its per-face rows (the audit's figures), the recognizers that
     judged (single_recognizer: only ArcFace, the one the method optimizes against), the faces covered by
-    the flat fill (redacted) and the tracker's long gaps per track and frame range."""
+    the flat fill (redacted), the tracker's long gaps per track and frame range, what became of a clip's
+    audio (audio_output: kept, dropped or none) and the files left on servers given by URL (left_on_server:
+    server, folder, file, what). It names the input and the output (it is the operator's record of which
+    became which) and nothing read from inside the input's file."""
     summary = (outcome.summary if outcome is not None else None) or {}
     rows = summary.get("rows", [])
     audit = "" if not outcome or outcome.summary is None else ("passed" if outcome.summary["passed"] else "FAILED")
@@ -223,11 +252,13 @@ def outcome_record(entry, outcome, server=None):
             "status": outcome.status, "reason": outcome.message, "server": server or "",
             "seconds": round(outcome.seconds, 2), "attempts": outcome.attempts,
             "frames": outcome.details.get("frames", ""), "fps": outcome.details.get("fps", ""),
-            "audio": outcome.details.get("audio", ""), "faces": len({(r["image"], r["face"]) for r in rows}),
+            "audio": outcome.details.get("audio", ""), "audio_output": outcome.details.get("audio_output", ""),
+            "faces": len({(r["image"], r["face"]) for r in rows}),
             "audit": audit, "recognizers": "+".join(recognizers),
             "single_recognizer": bool(recognizers) and not summary.get("independent", False),
             "redacted": summary.get("redacted", []), "long_gaps": (outcome.tracks or {}).get("long_gaps", []),
-            "written": [str(p) for p in outcome.written], "sha256": {}, "rows": rows}
+            "written": [str(p) for p in outcome.written], "sha256": {}, "left_on_server": list(outcome.left),
+            "rows": rows}
 
 
 _MANIFEST_LOCK = threading.Lock()
@@ -236,6 +267,8 @@ _MANIFEST_LOCK = threading.Lock()
 def _csv_cell(value):
     if isinstance(value, list) and value and isinstance(value[0], dict) and "first_frame" in value[0]:
         return describe_gaps(value)
+    if isinstance(value, list) and value and isinstance(value[0], dict) and "folder" in value[0]:
+        return "; ".join(f"{v['server']} {v['folder']}/{v['file']}" for v in value)
     if isinstance(value, list):
         return "; ".join(f"face {v['face']} (image {v['image']}, row {v['row']})" if isinstance(v, dict) else str(v)
                          for v in value)
@@ -355,6 +388,7 @@ class Runner:
     def _failed(self, entry, reason, code=EXIT_FAILED, status="failed", server=None, details=None):
         record = outcome_record(entry, Outcome(status, code, reason, details=dict(details or {})), server)
         record["code"] = code
+        record["left_on_server"] = self.journal.left_of(entry)
         return record
 
     def _settle(self, entry, record, counted, line=None):
@@ -486,16 +520,18 @@ class Runner:
         self._write_manifest()
 
     def _run_entry(self, entry, server, client, position):
-        item = self.items.setdefault(entry.key, entry.make_item(self.settings.crf))
+        item = self.items.setdefault(entry.key, entry.make_item(self.settings.crf, self.settings.audio))
         adopt = self._adoptable(entry, server, client)
         if adopt is None:
             self.journal.begin(entry, server.url)
         progress = NodeProgress({}, enabled=not self.settings.quiet, position=position, prefix=f"{entry.label}: ",
                                 verbose=False)
-        job = Job(item, self.settings, client, progress, lambda event, **d: self.journal.note(entry, event, **d))
+        job = Job(item, self.settings, client, progress, lambda event, **d: self.journal.note(entry, event, **d),
+                  host=server.host)
         outcome = self._outcome(job, entry, adopt)
         record = outcome_record(entry, outcome, server.url)
         record["code"] = outcome.code
+        record["left_on_server"] = self.journal.left_of(entry)
         record["sha256"] = self._make_durable(outcome.written)
         self.journal.finish(entry, record)
         server.items.append(entry.key)
@@ -546,6 +582,8 @@ class Runner:
         if record["status"] == "failed":
             return f"FAILED: {entry.label}: {record['reason']}"
         what = f"{record['frames']} frames, " if record.get("frames") != "" else ""
+        if record.get("audio_output") in ("kept", "dropped"):
+            what += f"audio {record['audio_output'].upper() if record['audio_output'] == 'kept' else 'dropped'}, "
         audit = f"audit {record['audit']}" if record["audit"] else "no audit in the workflow"
         if record.get("single_recognizer"):
             audit += " by ArcFace ALONE (--single-recognizer)"

@@ -255,7 +255,8 @@ def _settings(a, kinds):
         graphs[kind] = _graph(path, values, soft, a.force)
     _refuse_standin_names(a, graphs.values())
     return Settings(graphs, None if a.no_retry else a.retry_guidance, a.allow_unanonymized, a.timeout, a.crf, a.quiet,
-                    on_fail=_on_fail(a), fail_on_gaps=a.fail_on_gaps, force=a.force, stall=a.server_stall)
+                    on_fail=_on_fail(a), fail_on_gaps=a.fail_on_gaps, force=a.force, stall=a.server_stall,
+                    audio=a.audio)
 
 
 def _model_entries(settings):
@@ -388,7 +389,7 @@ def _check_second_recognizer(a, pool, settings):
 def run_anonymize(p, a):
     _validate(p, a)
     comfyui_dir = _host_dir(p, a)
-    entries = [] if _single(a) else batch.plan_entries(a.inputs, a.output)
+    entries = [] if _single(a) else batch.plan_entries(a.inputs, a.output, numbered=a.output_names == "number")
     settings = _settings(a, sorted(_kinds(a, entries)))
     if a.standin_weights:
         say(BANNER, f"stand-in settings: --steps {a.steps or STANDIN_DEFAULTS['steps']}, --crop-size "
@@ -397,11 +398,38 @@ def run_anonymize(p, a):
     workdir = tempfile.mkdtemp(prefix="revpers-cli-")
     try:
         with _job_servers(a, comfyui_dir, settings, workdir) as pool:
+            _warn_about_server_copies(pool, settings)
             if _single(a):
                 return _run_single(a, settings, pool[0], workdir)
             return _run_many(a, entries, settings, pool, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _warn_about_server_copies(pool, settings):
+    """Say what a server given by URL keeps of the job: ComfyUI cannot delete a file over its API."""
+    remote = [s.url for s in pool if s.host is None]
+    if not remote:
+        return
+    say(f"note: {', '.join(remote)}: this command did not start {'that server' if len(remote) == 1 else 'those'}, "
+        "and ComfyUI has no way to delete a file over its API, so each upload (the input's pixels under a random "
+        "name, no metadata) and each saved output stay in its input/ and output/ folders; every one is listed "
+        "at the end and in the manifest")
+    for kind, graph in settings.graphs.items():
+        for saver in workflow.metadata_savers(graph):
+            say(f"warning: the {kind} workflow's {saver} writes ComfyUI's prompt and workflow (the upload's random "
+                "name and every setting) into the file it leaves on the server; the file written here carries only "
+                "the pixels")
+
+
+def _print_left(left):
+    """The files a job left on servers given by URL, one line each: server, folder, name, what it is."""
+    if not left:
+        return
+    print(f"left on the server(s) given by --server ({len(left)} file(s); ComfyUI cannot delete them over its API, "
+          "remove them on that machine):")
+    for record in left:
+        print(f"  {record['server']}: {record['folder']}/{record['file']} ({record['what']})")
 
 
 def _kinds(a, entries):
@@ -419,16 +447,26 @@ def _single_item(a, workdir):
         say(*lines)
         return PhotoItem(photo, a.output)
     source = Path(a.inputs[0])
-    return ClipItem(source, a.output, crf=a.crf) if media.kind_of(source) == "clip" else PhotoItem(source, a.output)
+    if media.kind_of(source) == "clip":
+        return ClipItem(source, a.output, crf=a.crf, audio=a.audio)
+    return PhotoItem(source, a.output)
 
 
 def _run_single(a, settings, server, workdir):
     """One photo or clip, told in full: progress per node, the audit's text, the attempts, what was written."""
     item = _single_item(a, workdir)
     try:
+        return _run_item(a, settings, server, workdir, item)
+    finally:
+        _print_left(item.left)
+
+
+def _run_item(a, settings, server, workdir, item):
+    """The item through the server, its checks printed; what went wrong as a CliError with its exit code."""
+    try:
         with server.client(stall=settings.stall) as client:
             progress = NodeProgress({}, enabled=not a.quiet)
-            outcome = Job(item, settings, client, progress).run(workdir)
+            outcome = Job(item, settings, client, progress, host=server.host).run(workdir)
     except ServerGone as e:
         raise CliError(servers.server_gone_message(e, server, a.output), EXIT_SERVER)
     except media.MediaError as e:
@@ -491,7 +529,14 @@ def _run_many(a, entries, settings, pool, workdir):
     output = Path(a.output)
     output.mkdir(parents=True, exist_ok=True)
     manifest = Path(a.manifest) if a.manifest else output / batch.MANIFEST_NAME
-    journal = batch.Journal(output / batch.JOURNAL_NAME, batch.settings_digest(settings))
+    # with outputs named by number the journal (which names the inputs too) goes beside the manifest, so that a
+    # manifest written elsewhere leaves nothing in the output folder that says who is who
+    folder = manifest.parent if a.output_names == "number" else output
+    journal = batch.Journal(folder / batch.JOURNAL_NAME, batch.settings_digest(settings))
+    if a.output_names == "number" and output.resolve() in manifest.resolve().parents:
+        say(f"note: --output-names number: the outputs are named 00001, 00002, ...; {manifest} (and the job's journal "
+            "beside it) says which input each number is: keep them apart when you share the folder, or write the "
+            "manifest elsewhere with --manifest")
     kinds = [e.kind for e in entries]
     say(f"{len(entries)} item(s): {kinds.count('photo')} photo(s), {kinds.count('clip')} clip(s), "
         f"{kinds.count(None)} other file(s); {len(pool)} server(s): {', '.join(s.url for s in pool)}")
@@ -523,6 +568,7 @@ def _print_summary(records, manifest, seconds, pool):
     for r in records:
         if r["status"] == "failed":
             print(f"  NOT ANONYMIZED: {r['input']}: {r['reason'].splitlines()[0]}")
+    _print_left([left for r in records for left in r.get("left_on_server") or []])
 
 
 # --- audit of a set --------------------------------------------------------------------------------
@@ -664,6 +710,14 @@ def _add_item_options(an):
     g.add_argument("--manifest", help="where to write the manifest, .json or .csv: per item and face, the audit's "
                    f"figures (for several items the default is {batch.MANIFEST_NAME} in the output folder; for one, "
                    "none unless asked)")
+    g.add_argument("--output-names", choices=("input", "number"), default="input",
+                   help="for several items: name each output after its input (default: the same paths under the "
+                   "output folder), or by number (00001.png, 00002.mp4, ... in the order of the inputs, all in the "
+                   "output folder): then neither the names nor the folders of the inputs show, and only the "
+                   "manifest (and the job's journal beside it) says which input became which number")
+    g.add_argument("--audio", choices=media.AUDIO_CHOICES, default=media.AUDIO_DEFAULT,
+                   help="a clip's audio: drop it (default) or keep it (copied as it is). Voices are NOT anonymized: "
+                   "a voice identifies a person as a face does, so keeping it is your explicit choice")
     g.add_argument("--crf", type=int, default=media.CRF_DEFAULT, help="quality of the encoded clips: x264's constant "
                    f"rate factor, 0 (lossless) to 51 (default {media.CRF_DEFAULT}, visually lossless)")
     g.add_argument("--workflow", help="API-format workflow for photos (default: the shipped anonymize_photo)")

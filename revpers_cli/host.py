@@ -27,6 +27,11 @@ ours runs then):
   server left behind survives it. This part works on any POSIX system (macOS has no PDEATHSIG).
   A child forked from this process without exec (multiprocessing's "fork" start method) inherits
   the writing end, which then delays the watchdog until that child ends too.
+
+Nor do its files: once the server's process group is gone, the watchdog removes the host's own
+temporary folder (temp folder, model paths, default log) and the folders given as `remove_on_exit`
+(the command line gives the folder that holds the job's input and output folders), so a job's uploads
+and outputs are gone however this process ended, SIGKILL included. `stop()` does the same in order.
 """
 import os
 import shutil
@@ -140,22 +145,38 @@ class _Forker:
                 done.set()
 
 
-# The watchdog: reads its stdin (the pipe) to end-of-file, then SIGKILLs the server's process group.
+# The watchdog: reads its stdin (the pipe) to end-of-file, then SIGKILLs the server's process group, waits
+# (up to 30 s) until no process of it is left, and removes the folders named after the group id; the host's
+# own folder (the first) is kept when the pipe said "K" (a start that failed keeps its log for the user).
 _WATCHDOG = """\
-import os, signal, sys
+import os, shutil, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
+keep = False
 while True:
     try:
-        if not os.read(0, 4096):
-            break
+        data = os.read(0, 4096)
     except InterruptedError:
         continue
     except OSError:
         break
+    if not data:
+        break
+    keep = keep or b"K" in data
+group = int(sys.argv[1])
 try:
-    os.killpg(int(sys.argv[1]), signal.SIGKILL)
+    os.killpg(group, signal.SIGKILL)
 except OSError:
     pass
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    try:
+        os.killpg(group, 0)
+    except OSError:
+        break
+    time.sleep(0.05)
+for i, folder in enumerate(sys.argv[2:]):
+    if folder and not (keep and i == 0):
+        shutil.rmtree(folder, ignore_errors=True)
 """
 
 
@@ -173,11 +194,13 @@ class ComfyHost:
     models_dir    a models base folder to add (its checkpoints/, ipadapter/, ...)
     input_dir, output_dir   the server's input and output folders (default: the host's own)
     log_path      where the server's output goes (default: a temporary file, kept)
+    remove_on_exit  folders removed once the server is gone (by stop(), or by the watchdog however this
+                  process ends): where a job's private files are, e.g. those holding input_dir and output_dir
     """
 
     def __init__(self, comfyui_dir, python=None, port=None, extra_args=(), models_dir=None,
                  input_dir=None, output_dir=None, log_path=None, listen="127.0.0.1",
-                 startup_timeout=180.0, env=None):
+                 startup_timeout=180.0, env=None, remove_on_exit=()):
         self.comfyui_dir = Path(comfyui_dir).resolve()
         if not (self.comfyui_dir / "main.py").is_file():
             raise FileNotFoundError(
@@ -195,6 +218,7 @@ class ComfyHost:
         self._default_log = log_path is None
         self.startup_timeout = startup_timeout
         self.env = env
+        self.remove_on_exit = [Path(p).resolve() for p in remove_on_exit]
         self.process = None
         self._workdir = None
         self._log_file = None
@@ -248,6 +272,11 @@ class ComfyHost:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # whatever the server's libraries put in the temporary folder (torch's compile cache, session files)
+        # goes into the host's own folder, and with it when the server is gone
+        private_tmp = Path(self._workdir) / "tmp"
+        private_tmp.mkdir(exist_ok=True)
+        env.update(TMPDIR=str(private_tmp), TEMP=str(private_tmp), TMP=str(private_tmp))
         self._log_file = open(self.log_path, "ab")
         cmd, log_file = self.command(), self._log_file
         posix = os.name == "posix"
@@ -274,8 +303,9 @@ class ComfyHost:
         that execs (Python opens pipes non-inheritable)."""
         read_end, write_end = os.pipe()
         try:
+            folders = [str(self._workdir or "")] + [str(p) for p in self.remove_on_exit]
             self._watchdog = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(group)], stdin=read_end,
+                [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(group), *folders], stdin=read_end,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         except BaseException:
             os.close(write_end)
@@ -284,11 +314,17 @@ class ComfyHost:
             os.close(read_end)
         self._watchdog_pipe = write_end
 
-    def _stop_watchdog(self, timeout=5.0):
-        """Close the pipe: the watchdog kills what is left of the server's process group and exits."""
+    def _stop_watchdog(self, timeout=35.0, keep_workdir=False):
+        """Close the pipe: the watchdog kills what is left of the server's process group, removes the folders
+        (the host's own unless `keep_workdir`) and exits."""
         pipe, self._watchdog_pipe = self._watchdog_pipe, None
         watchdog, self._watchdog = self._watchdog, None
         if pipe is not None:
+            if keep_workdir:
+                try:
+                    os.write(pipe, b"K")
+                except OSError:
+                    pass
             os.close(pipe)
         if watchdog is not None:
             try:
@@ -324,7 +360,7 @@ class ComfyHost:
     def stop(self, timeout=15.0, keep_log=False):
         """Stop the server (SIGINT, then kill after `timeout` s) and remove its temporary folder,
         where the default log lives unless `keep_log` (kept when a start fails, for the message's
-        sake). Safe to call twice."""
+        sake), and the `remove_on_exit` folders. Safe to call twice."""
         proc, self.process = self.process, None
         if proc is not None and proc.poll() is None:
             try:
@@ -334,12 +370,16 @@ class ComfyHost:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=timeout)
-        self._stop_watchdog()  # and any child the server left behind in its process group
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        log_inside = (self._workdir is not None and self.log_path is not None
+                      and Path(self._workdir) in Path(self.log_path).resolve().parents)
+        # the watchdog kills any child the server left behind in its process group, then removes the folders
+        self._stop_watchdog(keep_workdir=keep_log and log_inside)
+        for folder in self.remove_on_exit:
+            shutil.rmtree(folder, ignore_errors=True)
         if self._workdir is not None:
-            log_inside = self.log_path is not None and Path(self._workdir) in Path(self.log_path).resolve().parents
             if not (keep_log and log_inside):
                 shutil.rmtree(self._workdir, ignore_errors=True)
                 self._workdir = None

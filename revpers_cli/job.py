@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import media, workflow
-from revpers_core import guarantee
+from revpers_core import file_privacy, guarantee
 from revpers_core.faces import audit as audit_rules
 from .api import PromptRejected, ServerGone
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNANONYMIZED, CliError
@@ -41,6 +41,7 @@ class Settings:
     timeout: float = 24 * 3600.0
     crf: int = media.CRF_DEFAULT
     quiet: bool = False
+    audio: str = media.AUDIO_DEFAULT  # a clip's audio: "drop" or "keep" (voices are not anonymized)
     on_fail: dict = field(default_factory=dict)
     fail_on_gaps: bool = False
     force: bool = False
@@ -62,6 +63,7 @@ class Outcome:
     attempts: int = 0
     seconds: float = 0.0
     details: dict = field(default_factory=dict)  # clip: frames, fps, audio
+    left: list = field(default_factory=list)     # files left on a server given by URL (Job._left)
 
     @classmethod
     def failed(cls, message, code=EXIT_FAILED, **kw):
@@ -77,6 +79,7 @@ class PhotoItem:
         self.source, self.output = Path(source), Path(output)
         self.label = label or self.source.name
         self.upload_file, self.alpha, self.details = None, None, {}
+        self.left = []  # files this item left on servers given by URL, on every server it went to
 
     def prepare(self, workdir):
         self.upload_file, self.alpha = media.photo_for_upload(self.source, workdir, say)
@@ -95,24 +98,29 @@ class ClipItem:
 
     kind = "clip"
 
-    def __init__(self, source, output, label=None, crf=media.CRF_DEFAULT):
+    def __init__(self, source, output, label=None, crf=media.CRF_DEFAULT, audio=media.AUDIO_DEFAULT):
         self.source, self.output = Path(source), Path(output)
         self.label = label or self.source.name
-        self.crf = crf
+        self.crf, self.audio = crf, audio
         self.clip = self.upload_file = None
         self.details = {}
+        self.left = []
 
     def prepare(self, workdir):
         self.clip = media.read_clip(self.source)
         self.upload_file = media.clip_for_upload(self.clip, workdir)
         self.details = {"frames": len(self.clip.frames), "fps": str(self.clip.rate),
-                        "size": "x".join(map(str, self.clip.size)), "audio": ", ".join(self.clip.audio) or "none"}
+                        "size": "x".join(map(str, self.clip.size)), "audio": ", ".join(self.clip.audio) or "none",
+                        "audio_output": media.audio_choice(self.clip, self.audio)}
+        say(media.audio_line(self.clip, self.audio, self.label))
 
     def save(self, pictures):
         if len(pictures) != 1:
             raise media.MediaError(f"the video workflow saved {len(pictures)} pictures for {self.label}; it must save "
-                                   "the clip as one animated picture (Save Animated WEBP)")
-        media.write_clip(self.clip, media.frames_of(pictures[0]), self.output, self.crf, say)
+                                   "the clip as one file of every frame (Save Anonymized Images; the command line "
+                                   "sets its format to multi-page tiff)")
+        media.write_clip(self.clip, media.frames_of(pictures[0]), self.output, self.crf, say,
+                         audio=self.audio == "keep")
         self.clip = None  # the frames are not needed any more
         return [self.output]
 
@@ -128,6 +136,7 @@ class Job:
         self.journal = journal or (lambda event, **data: None)
         self.host = host
         self.started = time.time()
+        self.outputs = {}  # every node's UI output seen in this item's prompts, by node id
 
     def run(self, workdir, adopt=None):
         """The item's Outcome. `adopt`: a prompt of an earlier, interrupted run of this item on this server
@@ -141,11 +150,29 @@ class Job:
         if outcome.status != "failed":
             outcome.written = self.item.save(self.fetch(result, graph))
         outcome.seconds = time.time() - self.started
+        outcome.left = list(self.item.left)
         return outcome
 
     def upload(self):
-        name = f"revpers-{uuid.uuid4().hex[:8]}-{self.item.upload_file.name}"
-        return self.client.upload_image(self.item.upload_file, name=name)
+        """Send the prepared file under a random name: nothing of the input's name reaches the server."""
+        name = f"revpers-{uuid.uuid4().hex}{self.item.upload_file.suffix}"
+        uploaded = self.client.upload_image(self.item.upload_file, name=name)
+        self._left("input", uploaded, "the input as uploaded: its pixels, NOT anonymized (no metadata)")
+        return uploaded
+
+    def _left(self, folder, file, what):
+        """Note a file this item leaves on a server given by URL (ComfyUI has no API to delete one); a server
+        this command started keeps nothing: its folders go when it stops."""
+        if self.host is not None:
+            return
+        record = {"server": self.client.url, "folder": folder, "file": file, "what": what}
+        if all((r["server"], r["folder"], r["file"]) != (record["server"], folder, file) for r in self.item.left):
+            self.item.left.append(record)
+            self.journal("left", **record)
+
+    def _note_files(self, result):
+        for folder, file in workflow.server_files(result):
+            self._left(folder, file, "the anonymized output" if folder == "output" else f"saved in {folder}/")
 
     @property
     def on_fail(self):
@@ -154,6 +181,10 @@ class Job:
 
     def graph(self, name):
         graph = workflow.apply_knobs(self.settings.graphs[self.item.kind], {"image": name})
+        # a Save node saves nothing of a failed audit on the server (fetch releases it when asked to write it)
+        graph = workflow.with_saving(graph, file_privacy.SAVE_NOTHING)
+        if self.item.kind == "clip":
+            graph = workflow.with_save_format(graph, "multi-page tiff")  # as many pages as frames, exactly
         if workflow.nodes_of(graph, "RevPersAudit"):
             if self.settings.retries is not None:
                 # the audit hands its verdicts back instead of stopping: the CLI decides what is written
@@ -230,6 +261,7 @@ class Job:
 
     def run_graph(self, graph, overrides, pending=None, redact=False):
         """Queue the graph (or follow `pending`, the id of a prompt already queued) to its end; its result."""
+        self.last_graph = graph
         try:
             prompt_id = pending or self._queue(graph, overrides, redact)
             result = self.client.follow(prompt_id, on_event=self.progress, timeout=self.settings.timeout)
@@ -246,9 +278,21 @@ class Job:
             raise CliError(str(e), EXIT_FAILED)
         finally:
             self.progress.close()
+        self._note_files(result)
         if result.status != "success":
             raise CliError(f"the run failed: {result.message or 'no message from the server'}", EXIT_FAILED)
+        self._recall_cached(result)
         return result
+
+    def _recall_cached(self, result):
+        """A node the server took from its cache (same inputs as in an earlier prompt of this item) did not
+        run, so its UI output, a verdict among them, is not in this prompt's history: it is the one it
+        gave when it ran, which this item's earlier prompt brought."""
+        cached = {str(n) for kind, data in result.events if kind == "execution_cached" for n in data.get("nodes", [])}
+        for nid in cached:
+            if nid not in result.outputs and nid in self.outputs:
+                result.outputs[nid] = self.outputs[nid]
+        self.outputs.update(result.outputs)
 
     def verdict(self, result, graph, summary, plan):
         """What the checks said, from their verdict data only: written (passed, or marked by request) or
@@ -284,6 +328,14 @@ class Job:
         """The bytes of every picture the workflow saved, all of them before anything is written."""
         images = [img for nid in sorted(workflow.nodes_of(graph, workflow.OUTPUT_CLASSES))
                   for img in result.images(nid)]
+        held = [s for nid in workflow.nodes_of(graph, "RevPersSave")
+                for s in (result.outputs.get(nid) or {}).get("revpers_save", []) if s.get("held_back")]
+        if not images and held and self.settings.allow_unanonymized:
+            # written marked by request: the same prompt once more with the Save node saving the marked images
+            # (every other node comes from the server's cache)
+            result = self.run_graph(workflow.with_saving(self.last_graph, file_privacy.SAVE_MARKED), {})
+            images = [img for nid in sorted(workflow.nodes_of(graph, workflow.OUTPUT_CLASSES))
+                      for img in result.images(nid)]
         if not images:
             raise CliError("the workflow finished without an output image", EXIT_FAILED)
         return [self.client.view(img["filename"], img.get("subfolder", ""), img.get("type", "output"))

@@ -2,11 +2,19 @@
 them, written in the format the output names, alpha put back) and clips (decoded and encoded with
 PyAV, the library current ComfyUI itself uses for video).
 
-A clip travels to the server as one lossless animated WebP (every frame, exactly; ComfyUI's Load
-Image reads every frame of it into one IMAGE batch) and comes back the same way from Save Animated
-WEBP with `lossless` on. Only then is it encoded, once: H.264 in the clip's own container, every frame
+A clip travels to the server as one multi-page TIFF (every frame exactly, one page each; ComfyUI's
+Load Image reads every page into one IMAGE batch) and comes back the same way from the pack's save
+node. Not as an animated WebP: its encoder folds a frame identical to the one before into it, so a
+still scene would come back shorter. Only then is it encoded, once: H.264 in the clip's own container, every frame
 at its original timestamp (frame count, order and timing in = out), the audio streams copied packet
 for packet (re-encoded to AAC only where the container cannot hold them as they are).
+
+Nothing of the input's file but its pixels travels: a photo goes to the server as a PNG made here from
+its pixels (no EXIF, GPS, XMP, profile or comment of the original), under a name of random letters; the
+outputs are made here from the server's pixels alone (revpers_core.file_privacy), and a written clip
+carries no tag of its source (title, location, creation time, device, encoder: no metadata is copied)
+and only the streams it must: the video we encode, and the audio when the user keeps it (`--audio keep`;
+dropped by default: a voice identifies a person as surely as a face, and nothing here anonymizes one).
 
 A clip the tool cannot keep whole is refused with the reason (`MediaError`): a file that is not a
 video, no video stream, no frame, a stream that stops before its declared frame count (truncated or
@@ -23,11 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from revpers_core import file_privacy
+
 from .photos import UPLOAD_AS_IS, read_photo
 
 __all__ = ["MediaError", "PHOTO_SUFFIXES", "CLIP_SUFFIXES", "OUTPUT_PHOTO_FORMATS", "OUTPUT_CLIP_SUFFIXES",
-           "kind_of", "photo_for_upload", "save_picture", "Clip", "read_clip", "clip_for_upload",
-           "frames_of", "write_clip"]
+           "AUDIO_CHOICES", "AUDIO_DEFAULT", "kind_of", "photo_for_upload", "save_picture", "Clip", "read_clip",
+           "clip_for_upload", "frames_of", "write_clip", "audio_choice", "audio_line"]
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 CLIP_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v", ".avi", ".webm", ".mpg", ".mpeg")
@@ -37,6 +47,10 @@ OUTPUT_CLIP_SUFFIXES = (".mp4", ".mov", ".mkv")  # containers that hold H.264
 # as one frame rate: container time bases round each timestamp to a tick.
 RATE_TOLERANCE = 2e-3
 CRF_DEFAULT = 17  # x264 quality of the encoded clip (0 lossless RGB, 17 visually lossless, 23 x264's default)
+# What becomes of a clip's audio. Dropped unless the user keeps it: the tool anonymizes faces, not voices,
+# and a voice in the output would undo the anonymization for anyone who knows it.
+AUDIO_CHOICES = ("drop", "keep")
+AUDIO_DEFAULT = "drop"
 
 
 class MediaError(ValueError):
@@ -56,29 +70,49 @@ def _temporary_beside(out):
 # --- photos --------------------------------------------------------------------------------------
 
 def photo_for_upload(photo, workdir, say=lambda line: None):
-    """(the file to upload, the photo's alpha or None). A photo in a mode ComfyUI would misread goes
-    up as the 8-bit RGB PNG `read_photo` makes; an animated one (every frame goes to the server)
-    goes up as it is, without alpha handling."""
+    """(the file to upload, the photo's alpha or None). The file is made here from the photo's pixels
+    alone, as ComfyUI's LoadImage would read them (EXIF orientation applied; `read_photo`): an 8-bit RGB
+    PNG, none of the original's metadata, a random name; the alpha stays on this side and is put back on
+    the output. An animated photo goes up as a lossless animated WebP of its frames (every frame of the
+    first one's size, as LoadImage takes them), without alpha handling."""
     try:
         rgb, alpha, mode, frames = read_photo(photo)
     except (OSError, ValueError) as e:
         raise MediaError(f"{photo} cannot be read as a photo ({e.__class__.__name__}: {e})") from e
     if frames > 1:
-        return Path(photo), None
-    if mode in UPLOAD_AS_IS:
-        return Path(photo), alpha
-    path = Path(workdir) / f"photo-{uuid.uuid4().hex[:8]}-{Path(photo).stem}.png"
-    rgb.save(path, format="PNG")
-    say(f"the photo is in mode {mode}: uploading it as an 8-bit RGB PNG"
-        + (" (its alpha channel is put back on the output)" if alpha is not None else ""))
+        path = Path(workdir) / f"photo-{uuid.uuid4().hex}.webp"
+        path.write_bytes(file_privacy.animation_bytes(_frames_as_loaded(photo), fps=10, lossless=True,
+                                                      quality=0, method=0))
+        return path, None
+    path = Path(workdir) / f"photo-{uuid.uuid4().hex}.png"
+    path.write_bytes(file_privacy.picture_bytes(np.asarray(rgb), "PNG", compress_level=1))
+    if mode not in UPLOAD_AS_IS:
+        say(f"the photo is in mode {mode}: uploading it as an 8-bit RGB PNG"
+            + (" (its alpha channel is put back on the output)" if alpha is not None else ""))
     return path, alpha
+
+
+def _frames_as_loaded(photo):
+    """The frames of an animated photo as RGB arrays, the way LoadImage takes them: each EXIF-transposed,
+    converted to RGB, those of another size than the first left out."""
+    from PIL import Image, ImageOps, ImageSequence
+    frames = []
+    with Image.open(photo) as im:
+        for frame in ImageSequence.Iterator(im):
+            array = np.asarray(ImageOps.exif_transpose(frame).convert("RGB"))
+            if not frames or array.shape == frames[0].shape:
+                frames.append(array)
+    return frames
 
 
 def save_picture(data, out, alpha=None, say=lambda line: None):
     """Write the server's picture `data` to `out`, in the format its suffix names. `alpha` (an "L"
     image: the input photo's alpha channel, which ComfyUI's LoadImage splits off) is put back when
     the picture is the photo's size, has no alpha of its own and the format holds one (PNG, WEBP).
-    The file is written beside `out` under a temporary name and renamed: it is complete or absent."""
+    The file is made from the pixels alone (revpers_core.file_privacy): whatever the server's file
+    carried (ComfyUI's Save Image writes the prompt, which names the upload) stays out, and a file that
+    would still carry anything besides its pixels is not written. It is written beside `out` under a
+    temporary name and renamed: it is complete or absent."""
     from PIL import Image
 
     out = Path(out)
@@ -95,13 +129,15 @@ def save_picture(data, out, alpha=None, say=lambda line: None):
             if alpha is not None and not own_alpha and fmt != "JPEG" and im.size == alpha.size:
                 picture = im.convert("RGB")
                 picture.putalpha(alpha)
-                picture.save(part, format=fmt)
-            elif fmt == "PNG" and im.format == "PNG":
-                part.write_bytes(data)
             elif fmt == "JPEG" or not own_alpha:
-                im.convert("RGB").save(part, format=fmt)
+                picture = im.convert("RGB")
             else:
-                im.convert("RGBA").save(part, format=fmt)
+                picture = im.convert("RGBA")
+            encoded = file_privacy.picture_bytes(np.asarray(picture), fmt)
+        extra = file_privacy.extra_data(encoded)
+        if extra:
+            raise MediaError(f"{out} would carry more than its pixels ({', '.join(extra)}); nothing was written")
+        part.write_bytes(encoded)
         os.replace(part, out)
     finally:
         if part.exists():
@@ -224,21 +260,16 @@ def read_clip(path):
 
 
 def clip_for_upload(clip, workdir):
-    """The clip's frames as one lossless animated WebP (exact pixels) in `workdir`: what Load Image reads."""
-    from PIL import Image
-    path = Path(workdir) / f"clip-{uuid.uuid4().hex[:8]}-{clip.path.stem}.webp"
-    width, height = clip.size
-    if max(width, height) > 16383:
-        raise MediaError(f"{clip.path}: {width}x{height} is larger than a WebP frame can be (16383 px); scale it down")
-    pictures = [Image.fromarray(f) for f in clip.frames]
-    duration = max(1, round(1000 / clip.fps))
-    pictures[0].save(path, format="WEBP", save_all=True, append_images=pictures[1:], lossless=True, quality=0,
-                     method=0, duration=duration, loop=0)
+    """The clip's frames as one multi-page TIFF (exact pixels, one page per frame) in `workdir`: what Load
+    Image reads into one IMAGE batch. Not an animated WebP, whose encoder folds identical frames together."""
+    path = Path(workdir) / f"clip-{uuid.uuid4().hex}.tiff"
+    path.write_bytes(file_privacy.pages_bytes(clip.frames))
     return path
 
 
 def frames_of(data):
-    """Every frame of a picture the server returned (an animated WebP, or a still), RGB uint8."""
+    """Every frame of a picture the server returned (a still, a multi-page TIFF or an animated WebP), RGB
+    uint8."""
     from PIL import Image, ImageSequence
     with Image.open(io.BytesIO(data)) as im:
         return [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(im)]
@@ -293,11 +324,14 @@ def _audio_packets(source, out, transcode):
     return packets
 
 
-def _mux_clip(target, clip, frames, crf, transcode_audio):
+def _mux_clip(target, clip, frames, crf, transcode_audio, audio=True):
+    """The output container: our video stream, the source's audio when `audio`, and no tag of the source
+    (a new container copies no metadata; the muxer's own encoder tags are left out too)."""
     import av
-    with av.open(str(clip.path)) as source, av.open(str(target), "w", format=_container_format(target)) as out:
+    with av.open(str(clip.path)) as source, av.open(str(target), "w", format=_container_format(target),
+                                                    container_options={"fflags": "+bitexact"}) as out:
         video = _video_output_stream(out, clip, crf)
-        audio = _audio_packets(source, out, transcode_audio)
+        audio = _audio_packets(source, out, transcode_audio) if audio else []
         packets = _encode_video(video, clip, frames) + audio
         packets.sort(key=lambda p: float(p.dts * p.time_base) if p.dts is not None else float("-inf"))
         for packet in packets:
@@ -308,14 +342,36 @@ def _container_format(path):
     return {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}[Path(path).suffix.lower()]
 
 
-def write_clip(clip, frames, out, crf=CRF_DEFAULT, say=lambda line: None):
-    """Encode `frames` (one per frame of `clip`, same order) into `out` with the clip's timestamps and its
-    audio. Written under a temporary name and renamed: the file is complete or absent."""
+def audio_choice(clip, audio):
+    """What becomes of the clip's audio in the output: "kept", "dropped", or "none" (the clip has none)."""
+    if not clip.audio:
+        return "none"
+    return "kept" if audio == "keep" else "dropped"
+
+
+def audio_line(clip, audio, label):
+    """The line said for each clip: what its audio becomes, and that voices are not anonymized."""
+    choice = audio_choice(clip, audio)
+    if choice == "none":
+        return f"audio of {label}: none in the clip"
+    streams = ", ".join(clip.audio)
+    if choice == "kept":
+        return (f"audio of {label}: KEPT ({streams}, copied as it is, --audio keep). WARNING: voices are not "
+                "anonymized; anyone who knows a voice in it can recognize the person")
+    return (f"audio of {label}: dropped ({streams}; the default: voices are not anonymized, and a voice identifies "
+            "a person as a face does). --audio keep copies it into the output")
+
+
+def write_clip(clip, frames, out, crf=CRF_DEFAULT, say=lambda line: None, audio=False):
+    """Encode `frames` (one per frame of `clip`, same order) into `out` with the clip's timestamps, and its
+    audio when `audio`; no tag of the source (title, location, creation time, device...) goes with them.
+    Written under a temporary name and renamed: the file is complete or absent."""
     import av
     out = Path(out)
     if len(frames) != len(clip.frames):
         raise MediaError(f"{clip.path}: the workflow returned {len(frames)} frames for the clip's {len(clip.frames)}; "
-                         "nothing was written")
+                         "nothing was written (an animated WebP folds a frame identical to the one before into it: "
+                         "save the frames with Save Anonymized Images, format multi-page tiff)")
     if frames and frames[0].shape != clip.frames[0].shape:
         raise MediaError(f"{clip.path}: the workflow returned frames of {frames[0].shape[1]}x{frames[0].shape[0]} for "
                          f"a clip of {clip.size[0]}x{clip.size[1]}; nothing was written")
@@ -323,13 +379,13 @@ def write_clip(clip, frames, out, crf=CRF_DEFAULT, say=lambda line: None):
     part = _temporary_beside(out).with_suffix(out.suffix)
     try:
         try:
-            _mux_clip(part, clip, frames, crf, transcode_audio=False)
+            _mux_clip(part, clip, frames, crf, transcode_audio=False, audio=audio)
         except ValueError as e:  # PyAV's FFmpegError is one; so is "format does not support codec"
-            if not clip.audio:
+            if not (clip.audio and audio):
                 raise
             say(f"note: the audio of {clip.path.name} ({', '.join(clip.audio)}) cannot go into a {out.suffix} file "
                 f"as it is ({_ffmpeg_message(e)}); it is re-encoded as AAC")
-            _mux_clip(part, clip, frames, crf, transcode_audio=True)
+            _mux_clip(part, clip, frames, crf, transcode_audio=True, audio=audio)
         os.replace(part, out)
     except (av.FFmpegError, ValueError) as e:
         if isinstance(e, MediaError):

@@ -40,11 +40,19 @@ def cpu_only():
 
 
 def start_local(comfyui_dir, extra_args, models_dir, workdir, python=None, startup_timeout=300.0):
-    """Start the local ComfyUI for the job; a Server (stop it with `server.host.stop()`)."""
+    """Start the local ComfyUI for the job; a Server (stop it with `server.host.stop()`).
+
+    It keeps nothing of the job: its input and output folders are in `workdir`, its temp folder in the
+    host's own temporary folder, and both go when it stops, or, however this command ends (Ctrl-C, an
+    error, SIGKILL), when its watchdog has killed it; its database (current ComfyUI records uploads and
+    outputs there with --enable-assets) is in memory unless --server-args names one."""
     from .host import ComfyHost, HostError
+    extra_args = list(extra_args)
+    if not any(a == "--database-url" or a.startswith("--database-url=") for a in extra_args):
+        extra_args += ["--database-url", "sqlite:///:memory:"]
     host = ComfyHost(comfyui_dir, python=python, extra_args=extra_args, models_dir=models_dir,
                      input_dir=Path(workdir) / "input", output_dir=Path(workdir) / "output",
-                     startup_timeout=startup_timeout)
+                     startup_timeout=startup_timeout, remove_on_exit=[workdir])
     say(f"starting ComfyUI from {comfyui_dir} {' '.join(shlex.quote(a) for a in host.extra_args)} "
         f"(log: {host.log_path or 'temporary'})")
     try:

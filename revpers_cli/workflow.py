@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from revpers_core import guarantee
+from revpers_core import file_privacy, guarantee
 from . import models as model_registry
 
 __all__ = ["WorkflowError", "SHIPPED", "KNOBS", "OUTPUT_CLASSES", "CHECK_CLASSES", "VERDICTS", "find_workflow",
@@ -47,17 +47,24 @@ KNOBS = {
     "arcface_threshold": [("RevPersAudit", "arcface_threshold")],
     "dlib_threshold": [("RevPersAudit", "dlib_threshold")],
     "crop_size": [(d, "crop_size") for d in _DETECTORS],
-    "filename_prefix": [("SaveImage", "filename_prefix"), ("SaveAnimatedWEBP", "filename_prefix")],
+    "filename_prefix": [("SaveImage", "filename_prefix"), ("SaveAnimatedWEBP", "filename_prefix"),
+                        ("RevPersSave", "filename_prefix")],
     # the frames of a clip come back without loss, to be encoded once, by the CLI
-    "lossless": [("SaveAnimatedWEBP", "lossless")],
+    "lossless": [("SaveAnimatedWEBP", "lossless"), ("RevPersSave", "lossless")],
+    # whether the pack's Save node writes images the audit failed (the CLI saves none of a failed attempt)
+    "if_audit_failed": [("RevPersSave", "if_audit_failed")],
 }
-OUTPUT_CLASSES = ("SaveImage", "SaveAnimatedWEBP")
+OUTPUT_CLASSES = ("SaveImage", "SaveAnimatedWEBP", "RevPersSave")
+# ComfyUI's own save nodes write the prompt (which names the uploaded file) and the workflow into every file
+# they save on the server, unless the server runs with --disable-metadata; the pack's Save node writes them
+# only when its metadata widget asks for it.
+METADATA_SAVERS = ("SaveImage", "SaveAnimatedWEBP")
 CHECK_CLASSES = ("RevPersAudit", "RevPersAnonymityCheck")
 # The nodes that judge, and the key of their UI output that holds their verdict as data: the CLI reads only
 # these (a node of these kinds whose data is missing fails the item), never the text they show.
 VERDICTS = {"RevPersAudit": "revpers_audit", "RevPersAnonymityCheck": "revpers_check",
             "RevPersAnonymizedSampler": "revpers_sampler", "RevPersDetectTrack": "revpers_tracks"}
-_ALWAYS_SET = ("LoadImage", "SaveImage", "SaveAnimatedWEBP")  # inputs set even where the file leaves them out
+_ALWAYS_SET = ("LoadImage", "SaveImage", "SaveAnimatedWEBP", "RevPersSave")  # inputs set even where the file leaves them out
 
 
 class WorkflowError(ValueError):
@@ -229,6 +236,45 @@ def with_on_fail(graph, choice):
     for nid in nodes_of(graph, "RevPersAudit"):
         graph[nid]["inputs"]["on_fail"] = choice
     return graph
+
+
+def with_saving(graph, choice):
+    """The graph with every Save node's if_audit_failed set to `choice` (revpers_core.file_privacy)."""
+    graph = json.loads(json.dumps(graph))
+    for nid in nodes_of(graph, "RevPersSave"):
+        graph[nid]["inputs"]["if_audit_failed"] = choice
+    return graph
+
+
+def with_save_format(graph, fmt):
+    """The graph with every Save Anonymized Images node saving in `fmt` (one of its formats)."""
+    graph = json.loads(json.dumps(graph))
+    for nid in nodes_of(graph, "RevPersSave"):
+        graph[nid]["inputs"]["format"] = fmt
+    return graph
+
+
+def metadata_savers(graph):
+    """The save nodes of the graph that write the prompt and workflow into the files they leave on the
+    server: "node N (class)" each."""
+    found = [f"node {nid} ({graph[nid]['class_type']})" for nid in nodes_of(graph, METADATA_SAVERS)]
+    found += [f"node {nid} (RevPersSave, metadata on)" for nid in nodes_of(graph, "RevPersSave")
+              if graph[nid]["inputs"].get("metadata") not in (None, file_privacy.NO_METADATA)]
+    return found
+
+
+def server_files(result):
+    """Every file the run's nodes report having saved on the server (any node's ui "images", "gifs",
+    "audio" or "latents"), as (folder type, subfolder/file name), in node order."""
+    found = []
+    for nid in sorted(result.outputs, key=lambda n: (len(str(n)), str(n))):
+        for key in ("images", "gifs", "audio", "latents"):
+            for record in (result.outputs[nid] or {}).get(key, []) or []:
+                if isinstance(record, dict) and record.get("filename"):
+                    sub = record.get("subfolder") or ""
+                    found.append((record.get("type", "output"), f"{sub}/{record['filename']}" if sub else
+                                  record["filename"]))
+    return found
 
 
 def check_texts(result, graph):

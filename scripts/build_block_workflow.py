@@ -6,8 +6,9 @@ The flat workflows/anonymize_photo.json is the source. The real web UI of the lo
 Chromium) loads it and, with the front end's own "convert to subgraph", folds every stage into one
 node; only the checkpoint loader, the photo, the save node and the note stay outside. The block then
 takes the photo, the checkpoint's model, CLIP and VAE, the guidance (one knob for the inversion and
-the sampler, which must agree), the attribute text and the inversion's seed, and gives the photo and
-the audit's report. The three knobs are inputs of the subgraph, which front ends show as widgets on
+the sampler, which must agree), the attribute text and the inversion's seed, and gives the photo, the
+audit's report (for Save Anonymized Images, which saves only what the audit passed or marked) and the
+report as text. The three knobs are inputs of the subgraph, which front ends show as widgets on
 the node; no inner widget is promoted (`proxyWidgets`), which front ends since mid-2026 turn into
 links when a workflow loads.
 Its inner nodes keep their ids, so the prompt the front end queues for the block is the flat API
@@ -40,7 +41,8 @@ Audit. Give it the photo and the checkpoint; set guidance (how far from the pers
 negative: -10 is the paper's), attribute text ("an old man"; empty for none) and the seed of the \
 inversion's noise. It gives the \
 anonymized photo, which the audit has checked (a face still recognizable stops the run, so nothing \
-is saved), and the audit's report as text. Open it (the icon at its top right) to see and change \
+is saved), the audit's verdict for the save node, and the audit's report as text. Save Anonymized \
+Images writes the photo with nothing in the file but its pixels (no prompt, no workflow, no EXIF). Open it (the icon at its top right) to see and change \
 every stage; what it queues is exactly anonymize_photo.json, so a change re-runs only the stages \
 it touches.
 
@@ -59,11 +61,13 @@ FOLD = """([outside, name, note]) => {
     node.title = name;
     const inner = (id) => g.getNodeById(id);
     const slot = (n, input) => n.inputs.find(i => i.name === input);
-    // the boundary links found by the conversion: the photo, model, CLIP and VAE in, the photo out
-    if (g.inputs.length !== 4 || g.outputs.length !== 1)
+    // the boundary links found by the conversion: the photo, model, CLIP and VAE in; the photo and the
+    // audit's report (whose verdict the save node reads) out
+    if (g.inputs.length !== 4 || g.outputs.length !== 2)
         throw new Error(`unexpected boundary: ${g.inputs.length} inputs, ${g.outputs.length} outputs`);
     g.renameInput(g.inputs.find(i => i.type === 'IMAGE'), 'photo');
-    g.renameOutput(g.outputs[0], 'photo');
+    g.renameOutput(g.outputs.find(o => o.type === 'IMAGE'), 'photo');
+    g.renameOutput(g.outputs.find(o => o.type === 'REVPERS_AUDIT_REPORT'), 'audit');
     // one guidance for both runs: the sampler must walk back the inversion's schedule
     const guidance = g.addInput('guidance', 'FLOAT');
     guidance.connect(slot(inner(25), 'guidance'), inner(25));

@@ -109,7 +109,7 @@ def test_ui_workflow_loads_and_queues_the_api_workflow(page, frontends_own_error
 @pytest.mark.parametrize("workflow", BLOCK_WORKFLOWS, ids=lambda p: p.stem)
 def test_block_workflow_loads_opens_and_queues_the_flat_api_workflow(page, frontends_own_errors, workflow):
     """The photo workflow as one node, "Anonymize Faces" (photo, checkpoint, guidance, attribute text
-    in; photo and report out): it loads with its links intact inside and out, opens to show its
+    in; photo, the audit's verdict for the save node and the report out): it loads with its links intact inside and out, opens to show its
     stages, and queues the flat API workflow node for node (ids taken off their subgraph path), so
     ComfyUI's cache sees the same prompt; its one guidance reaches both the inversion and the sampler."""
     if not has_subgraphs(page):
@@ -132,7 +132,7 @@ def test_block_workflow_loads_opens_and_queues_the_flat_api_workflow(page, front
     }""", definition["id"])
     assert block["title"] == "Anonymize Faces"
     assert block["inputs"] == ["photo", "model", "clip", "vae", "guidance", "attribute text", "seed"]
-    assert block["outputs"] == ["photo", "report"]
+    assert block["outputs"] == ["photo", "audit", "report"]  # the audit's verdict goes to the save node
     assert block["widgets"]["guidance"] == api["25"]["inputs"]["guidance"] == api["26"]["inputs"]["guidance"]
     assert block["widgets"]["seed"] == api["25"]["inputs"]["seed"]
     # no promoted inner widget: front ends since mid-2026 turn those into links when the file loads
