@@ -1,7 +1,7 @@
 """Inverse diffusion: edit-friendly DDPM inversion of face latents."""
 from comfy_api.v0_0_2 import io
 
-from revpers_core import solver
+from revpers_core import guidance, solver
 
 from .common import Inversion, Progress, category, max_rows_input
 from ._diffusion_runs import run_inversion
@@ -48,9 +48,10 @@ class RevPersInvert(io.ComfyNode):
                 io.Conditioning.Input("conditioning", tooltip="Conditional branch: CLIP Text Encode of \"\"."),
                 io.Conditioning.Input("unconditional", tooltip="Unconditional branch: zeros (Attribute Text with "
                                                                "empty text)."),
-                io.Float.Input("guidance", default=-10.0, min=-30.0, max=30.0, step=0.5,
-                               tooltip="Guidance scale of the inversion; the reference inverts with the sampler's "
-                                       "-10."),
+                io.Float.Input("guidance", default=guidance.DEFAULT, min=guidance.WIDGET_RANGE[0],
+                               max=guidance.WIDGET_RANGE[1], step=guidance.STEP,
+                               tooltip="Guidance scale of the inversion: the sampler's (the method inverts and "
+                                       f"samples with one scale; the paper's {guidance.DEFAULT:g})."),
                 io.Int.Input("steps", default=solver.DEFAULT_STEPS, min=solver.MIN_STEPS, max=solver.MAX_STEPS,
                              tooltip=f"Solver steps (the paper uses {solver.DEFAULT_STEPS})."),
                 io.Float.Input(

@@ -3,7 +3,7 @@ import logging
 
 from comfy_api.v0_0_2 import io
 
-from revpers_core import guarantee
+from revpers_core import guarantee, guidance as scale_rules
 
 from .common import Inversion, Progress, category, max_rows_input
 from ._diffusion_runs import run_sampling
@@ -47,9 +47,10 @@ class RevPersAnonymizedSampler(io.ComfyNode):
                 io.Conditioning.Input("attribute", tooltip="From Attribute Text: what the face is pulled toward "
                                                            "(empty text = zeros)."),
                 Inversion.Input("inversion", tooltip="From Invert (RevPers)."),
-                io.Float.Input("guidance", default=-10.0, min=-30.0, max=30.0, step=0.5,
-                               tooltip="Guidance scale; negative moves away from the identity (the paper uses -10). "
-                                       "Stronger = more different, less faithful."),
+                io.Float.Input("guidance", default=scale_rules.DEFAULT, min=scale_rules.WIDGET_RANGE[0],
+                               max=scale_rules.WIDGET_RANGE[1], step=scale_rules.STEP,
+                               tooltip="Guidance scale; negative moves away from the identity (the paper uses "
+                                       f"{scale_rules.DEFAULT:g}). Stronger = more different, less faithful."),
                 io.Boolean.Input(
                     "reference_compat", default=False,
                     tooltip="Reproduce the published code exactly, quirks included (solver state carried over "
@@ -61,7 +62,8 @@ class RevPersAnonymizedSampler(io.ComfyNode):
                             "sampling (its pipeline default, 1024)."),
                 io.String.Input(
                     "face_guidance", optional=True, default="", multiline=False,
-                    tooltip="Stronger guidance for single faces, as ROW:SCALE pairs (e.g. \"2:-12.5, 5:-15\"), "
+                    tooltip="Stronger guidance for single faces, as ROW:SCALE pairs (e.g. "
+                            f"\"{scale_rules.FACE_GUIDANCE_EXAMPLE}\"), "
                             "ROW being the face's number in Detect and Align's order, as the audit reports it. "
                             "Only those faces change: every other face comes out bit-identical. Empty = "
                             "'guidance' for every face. Guaranteed mode (the revpers CLI) sets it by itself."),
@@ -91,7 +93,7 @@ class RevPersAnonymizedSampler(io.ComfyNode):
                         f"{float(guidance):g})")
         # the warnings and the per-face guidance used, shown on the node (web/revpers.js); the same as data
         # for API clients (the CLI reads only that)
-        verdict = {"anonymizing": not guarantee.weak_guidance_warning(float(guidance), tokens.scale),
+        verdict = {"anonymizing": not scale_rules.why_not_anonymizing(float(guidance), tokens.scale),
                    "warnings": warnings, "face_guidance": guarantee.format_face_guidance(overrides)}
         return io.NodeOutput({"samples": out}, ui={"text": text, "revpers_sampler": [verdict]})
 

@@ -328,6 +328,23 @@ def server_fault(error):
     return None
 
 
+def item_failure(error):
+    """What raised while an item ran, as (exit code, reason): the one mapping, for one item and many. A
+    server's fault (server_fault) is EXIT_SERVER; an error that carries its code (CliError) keeps it; a clip
+    or photo that cannot be used (MediaError), an error the server answered (ComfyError: a rejected prompt, a
+    node that raised) and anything else fail the item (EXIT_FAILED) with their reason."""
+    fault = server_fault(error)
+    if fault is not None:
+        return EXIT_SERVER, fault
+    if isinstance(error, CliError):
+        return error.code, str(error)
+    if isinstance(error, ComfyError):
+        return EXIT_FAILED, f"the server answered with an error: {error}"
+    if isinstance(error, media.MediaError):
+        return EXIT_FAILED, str(error)
+    return EXIT_FAILED, _reason(error)
+
+
 def _reason(error):
     """An unexpected error as a one-paragraph reason for the manifest."""
     if isinstance(error, OSError) and getattr(error, "filename", None):
@@ -508,8 +525,7 @@ class Runner:
         """An item that failed with an error of no known kind: reported with its reason, never lost."""
         item = self.items.pop(entry.key, None)
         details = dict(getattr(item, "details", {}) or {})
-        code = getattr(error, "code", EXIT_FAILED) if isinstance(error, CliError) else EXIT_FAILED
-        reason = str(error) if isinstance(error, (CliError, media.MediaError, ComfyError)) else _reason(error)
+        code, reason = item_failure(error)
         record = self._failed(entry, reason, code, server=server.url, details=details)
         try:
             self.journal.finish(entry, record)
@@ -560,10 +576,10 @@ class Runner:
         except (media.MediaError, CliError, ComfyError) as e:
             if isinstance(e, ServerGone):
                 raise  # not the item's fault: another server takes it
-            if isinstance(e, CliError) and e.code == EXIT_INTERRUPTED:
+            code, reason = item_failure(e)
+            if code == EXIT_INTERRUPTED:
                 self.stop.set()
-            return Outcome.failed(str(e), getattr(e, "code", EXIT_FAILED), details=dict(job.item.details),
-                                  seconds=time.time() - job.started)
+            return Outcome.failed(reason, code, details=dict(job.item.details), seconds=time.time() - job.started)
 
     def _adoptable(self, entry, server, client):
         """The prompt an earlier run left in flight for this entry on this very server, if it still has it."""

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import batch, media, servers, standins, workflow
-from revpers_core import guarantee
+from revpers_core import guidance
 from revpers_core.faces import audit as audit_rules
 from . import models as model_registry
 from .api import ComfyError, ServerGone
@@ -155,12 +155,12 @@ def _validate_knobs(p, a):
         if value is not None and not bounds[0] <= value <= bounds[1]:
             p.error(f"{name} {value:g}: must be within {bounds[0]:g} to {bounds[1]:g}, so that the audit cannot "
                     "be switched off by a threshold (leave the audit out of the workflow to run without it)")
-    if a.guidance is not None and a.guidance >= 0:
+    if a.guidance is not None and not guidance.anonymizes(a.guidance):
         if not a.force:
-            p.error(f"--guidance {a.guidance:g}: anonymization needs a NEGATIVE guidance (the paper uses -10). "
-                    "At 0 the sampler only replays the inversion, which gives the input faces back; above 0 it "
-                    "pulls each face TOWARD the person's identity. Either way the output shows who they are. "
-                    "Add --force to run it anyway (to study the method, never to anonymize)")
+            p.error(f"--guidance {a.guidance:g}: anonymization needs a NEGATIVE guidance: "
+                    f"{'; '.join(guidance.why_not_anonymizing(a.guidance))}, so the output shows who they are. "
+                    f"{guidance.HOW_TO_ANONYMIZE}, or add --force to run it anyway (to study the method, never to "
+                    "anonymize)")
         say(f"warning: --guidance {a.guidance:g} with --force: the faces are NOT pushed away from their "
             "identities; the output does not anonymize anyone")
 
@@ -209,8 +209,8 @@ def _graph(path, values, soft, force):
     weak = workflow.weak_settings(graph)
     if weak and not force:
         raise CliError(f"the workflow {path} cannot anonymize as set:\n  " + "\n  ".join(weak)
-                       + "\nUse a negative guidance (the paper's -10) and a non-zero scale, or add --force to run "
-                       "it anyway (to study the method, never to anonymize)", EXIT_USAGE)
+                       + f"\n{guidance.HOW_TO_ANONYMIZE}, or add --force to run it anyway (to study the method, "
+                       "never to anonymize)", EXIT_USAGE)
     say(*[f"warning: --force: {w}; the output does not anonymize anyone" for w in weak])
     return graph
 
@@ -469,18 +469,13 @@ def _run_item(a, settings, server, workdir, item):
             outcome = Job(item, settings, client, progress, host=server.host).run(workdir)
     except ServerGone as e:
         raise CliError(servers.server_gone_message(e, server, a.output), EXIT_SERVER)
-    except media.MediaError as e:
-        raise CliError(str(e), EXIT_FAILED)
-    except ComfyError as e:
-        raise CliError(f"the server answered with an error: {e}", EXIT_SERVER)
     except CliError:
         raise
     except Exception as e:  # whatever else raises, the command ends with the reason, never a traceback
-        fault = batch.server_fault(e)
-        if fault is not None:
-            raise CliError(f"the server at {server.url} failed: {fault}. Nothing was written to {a.output}.",
-                           EXIT_SERVER)
-        raise CliError(f"{item.label}: {e.__class__.__name__}: {e}; nothing more was written", EXIT_FAILED)
+        code, reason = batch.item_failure(e)
+        if code == EXIT_SERVER:
+            raise CliError(f"the server at {server.url} failed: {reason}. Nothing was written to {a.output}.", code)
+        raise CliError(f"{item.label}: {reason}; nothing more was written", code)
     _print_checks(outcome, settings)
     if a.manifest:
         entry = batch.Entry(item.source, item.output, Path(item.output).name, item.kind)
@@ -681,16 +676,16 @@ def run_models(p, a):
 # --- entry point ---------------------------------------------------------------------------------
 
 def _guidance_list(text):
-    """"-12.5,-15" -> (-12.5, -15.0), each a guidance that anonymizes ("" or "none" -> no retries)."""
+    """"G1,G2" -> (G1, G2), each a guidance that anonymizes ("" or "none" -> no retries)."""
     if text.strip().lower() in ("", "none"):
         return ()
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give negative numbers separated by commas, e.g. -12.5,-15")
+        raise argparse.ArgumentTypeError(f"{text!r}: give negative numbers separated by commas, e.g. {guidance.RETRIES_TEXT}")
     try:
         for v in values:
-            guarantee.check_face_guidance(v, "a retry guidance")
+            guidance.check_face_guidance(v, "a retry guidance")
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e))
     return values
@@ -729,8 +724,8 @@ def _add_method_options(an):
     from revpers_core import solver
     from revpers_core.faces import align
     g = an.add_argument_group("the method (left out: the workflow's values, the paper's defaults)")
-    g.add_argument("--guidance", type=float, help="identity guidance scale; negative pushes away (default -10); "
-                   "0 or more does not anonymize and is refused without --force")
+    g.add_argument("--guidance", type=float, help="identity guidance scale; negative pushes away (default "
+                   f"{guidance.DEFAULT:g}); 0 or more does not anonymize and is refused without --force")
     g.add_argument("--force", action="store_true", help="run even when a setting defeats the purpose: --guidance "
                    "0 or more (the faces keep or gain their identity), or a .jpg output for a photo with an alpha "
                    "channel (the alpha is dropped)")
@@ -764,9 +759,9 @@ def _add_audit_options(an):
     g.add_argument("--dlib-threshold", type=float, help="the audit's dlib descriptor distance at or below which a "
                    f"face counts as still recognizable ({recognizers.DLIB_BOUNDS[0]:g} to "
                    f"{recognizers.DLIB_BOUNDS[1]:g}; default {recognizers.DLIB_DEFAULT:g}; higher is stricter)")
-    g.add_argument("--retry-guidance", type=_guidance_list, default=guarantee.RETRY_GUIDANCE, metavar="G1,G2,...",
+    g.add_argument("--retry-guidance", type=_guidance_list, default=guidance.RETRIES, metavar="G1,G2,...",
                    help="guaranteed mode: faces that fail the audit are sampled again, only those, with these "
-                   "stronger guidances in turn (default " + ",".join(f"{g:g}" for g in guarantee.RETRY_GUIDANCE)
+                   "stronger guidances in turn (default " + ",".join(f"{g:g}" for g in guidance.RETRIES)
                    + "); the other faces stay bit-identical. After the last, the run fails naming the faces")
     g.add_argument("--no-retry", action="store_true", help="no guaranteed mode: a face that fails the audit "
                    "fails the run at once")

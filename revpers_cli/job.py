@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import media, workflow
-from revpers_core import file_privacy, guarantee
+from revpers_core import file_privacy, guarantee, guidance
 from revpers_core.faces import audit as audit_rules
 from .api import PromptRejected, ServerGone
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNANONYMIZED, CliError
@@ -196,7 +196,7 @@ class Job:
 
     def _plan(self, graph, adopt):
         base = workflow.guidance_of(graph)
-        if self.settings.retries is None or not workflow.nodes_of(graph, "RevPersAudit") or base is None or base >= 0:
+        if self.settings.retries is None or not workflow.nodes_of(graph, "RevPersAudit") or base is None or not guidance.anonymizes(base):
             return None
         try:
             plan = guarantee.Plan(base, tuple(g for g in self.settings.retries if g < base))

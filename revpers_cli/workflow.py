@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from revpers_core import file_privacy, guarantee
+from revpers_core import file_privacy, guarantee, guidance
 from . import models as model_registry
 
 __all__ = ["WorkflowError", "SHIPPED", "KNOBS", "OUTPUT_CLASSES", "CHECK_CLASSES", "VERDICTS", "find_workflow",
@@ -191,13 +191,13 @@ def weak_settings(graph):
     weak = []
     for nid in nodes_of(graph, "RevPersAnonymizedSampler"):
         g = graph[nid]["inputs"].get("guidance")
-        if isinstance(g, (int, float)) and g >= 0:
-            weak.append(f"node {nid} (Anonymized Sampler) has guidance {g:g}: 0 or more does not push the faces "
-                        "away from their identities")
+        if isinstance(g, (int, float)):
+            weak += [f"node {nid} (Anonymized Sampler): {why}" for why in guidance.why_not_anonymizing(g)]
     for nid in nodes_of(graph, "RevPersIdentityConditioning"):
         scale = graph[nid]["inputs"].get("ip_adapter_scale")
-        if isinstance(scale, (int, float)) and scale == 0:
-            weak.append(f"node {nid} (Identity Conditioning) has ip_adapter_scale 0: the identity branch is empty")
+        if isinstance(scale, (int, float)):
+            weak += [f"node {nid} (Identity Conditioning): {why}"
+                     for why in guidance.why_not_anonymizing(guidance.DEFAULT, scale)]
     return weak
 
 

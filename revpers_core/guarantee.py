@@ -17,20 +17,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-RETRY_GUIDANCE = (-12.5, -15.0)  # the scales tried after the sampler's own, in order
-GUIDANCE_RANGE = (-30.0, 0.0)    # a per-face scale must push away: -30 <= g < 0 (the widget's floor)
+from .guidance import FACE_GUIDANCE_EXAMPLE, HOW_TO_ANONYMIZE, RETRIES, check_face_guidance, why_not_anonymizing
 
 _ITEM = re.compile(r"^\s*(\d+)\s*:\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*$")
-
-
-def check_face_guidance(value: float, what: str = "a per-face guidance") -> float:
-    value = float(value)
-    low, high = GUIDANCE_RANGE
-    if not (low <= value < high):
-        raise ValueError(f"{what} of {value:g} cannot anonymize: it must be negative (push away from the "
-                         f"identity) and at least {low:g}; the paper uses -10, guaranteed mode tries "
-                         f"{', '.join(f'{g:g}' for g in RETRY_GUIDANCE)}")
-    return value
 
 
 def parse_face_guidance(text: str, faces: int) -> dict[int, float]:
@@ -44,7 +33,7 @@ def parse_face_guidance(text: str, faces: int) -> dict[int, float]:
             continue
         m = _ITEM.match(item)
         if m is None:
-            raise ValueError(f"face_guidance: {item.strip()!r} is not ROW:SCALE (e.g. \"2:-12.5, 5:-15\"; ROW is "
+            raise ValueError(f"face_guidance: {item.strip()!r} is not ROW:SCALE (e.g. \"{FACE_GUIDANCE_EXAMPLE}\"; ROW is "
                              "the face's number in Detect and Align's order, as the audit reports it)")
         row, value = int(m.group(1)), float(m.group(2))
         if row >= faces:
@@ -81,7 +70,7 @@ class Plan:
     per-face scales of the next sampling, or None when the audit passed or the bound is reached."""
 
     base: float
-    retries: tuple = RETRY_GUIDANCE
+    retries: tuple = RETRIES
     attempts: list[Attempt] = field(default_factory=list)
 
     def __post_init__(self):
@@ -150,12 +139,5 @@ class Plan:
 
 def weak_guidance_warning(guidance: float, identity_scale: float) -> str:
     """What the sampler says when its settings cannot anonymize ("" when they can)."""
-    if guidance < 0 and identity_scale != 0:
-        return ""
-    why = []
-    if guidance >= 0:
-        why.append(f"guidance {guidance:g} is not negative (0 replays the inversion, which gives the faces back; "
-                   "above 0 pulls them TOWARD their identities)")
-    if identity_scale == 0:
-        why.append("the identity scale (ip_adapter_scale) is 0, so the identity branch is empty")
-    return "NOT ANONYMIZING: " + "; ".join(why) + ". Use negative guidance (the paper's -10) and a non-zero scale."
+    why = why_not_anonymizing(guidance, identity_scale)
+    return f"NOT ANONYMIZING: {'; '.join(why)}. {HOW_TO_ANONYMIZE}." if why else ""

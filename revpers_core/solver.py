@@ -40,6 +40,8 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .guidance import DEFAULT as DEFAULT_GUIDANCE
+
 __all__ = [
     "MIN_STEPS",
     "MAX_STEPS",
@@ -311,7 +313,7 @@ class InversionRecord:
         if float(guidance) == float(self.guidance):
             return ""
         return (f"the sampler's guidance {float(guidance):g} differs from the inversion's {float(self.guidance):g}: the "
-                "method uses one guidance for both (the paper's -10); set Invert's guidance to the sampler's")
+                f"method uses one guidance for both (the paper's {DEFAULT_GUIDANCE:g}); set Invert's guidance to the sampler's")
 
     def faces(self, start: int, stop: int) -> "InversionRecord":
         """The record of faces start..stop-1 (a chunk of the batch)."""

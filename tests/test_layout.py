@@ -47,3 +47,32 @@ def test_the_command_line_never_imports_comfyui():
            if names & (COMFY - {"nodes"})}
     # the stand-ins' check loads a file through ComfyUI's own loader on purpose, in a child process
     assert set(bad) <= {"revpers_cli/standins/verify.py"}, bad
+
+
+# --- one owner per rule ---------------------------------------------------------------------------------
+
+def code_files():
+    for folder in (CORE, *WINGS.values()):
+        yield from folder.rglob("*.py")
+
+
+def test_the_guidance_default_bounds_and_sign_are_written_once():
+    """revpers_core/guidance.py owns the scale's default (the paper's -10), the widgets' bounds, the retries
+    and the rule that a scale anonymizes only below 0: no other code file writes them as numbers, and
+    nothing compares a guidance with 0 by itself."""
+    owner = CORE / "guidance.py"
+    literal = __import__("re").compile(r"(?<![\w.])-(10|30|12\.5|15)(\.0)?(?![\w.])|guidance\w*\s*[<>]=?\s*0\b")
+    found = [f"{p.relative_to(REPO)}:{n}: {line.strip()}" for p in code_files() if p != owner
+             for n, line in enumerate(p.read_text().splitlines(), 1)
+             if "guidance" in line.lower() and literal.search(line)]
+    assert found == []
+
+
+def test_the_command_line_reads_no_verdict_from_report_text():
+    """The CLI decides from the nodes' verdicts as data; none of the phrases the reports show people is in
+    its code."""
+    phrases = ("RESULT: FAILED", "RESULT: PASSED", "at or above the threshold", "NOT ANONYMIZING", "LEFT UN-ANONYMIZED",
+               "STILL RECOGNIZABLE")
+    found = [f"{p.relative_to(REPO)}: {phrase}" for p in WINGS["revpers_cli"].rglob("*.py") for phrase in phrases
+             if phrase in p.read_text()]
+    assert found == []

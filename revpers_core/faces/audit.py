@@ -220,8 +220,9 @@ class AuditReport:
             lines.append(f"RESULT: FAILED - {n_fail} of {len(self.faces)} face(s) still recognizable "
                          f"(image {images})")
             if self.failed_rows:
-                from ..guarantee import RETRY_GUIDANCE, format_face_guidance
-                hint = format_face_guidance({r: RETRY_GUIDANCE[0] for r in self.failed_rows})
+                from ..guarantee import format_face_guidance
+                from ..guidance import RETRIES
+                hint = format_face_guidance({r: RETRIES[0] for r in self.failed_rows})
                 lines.append(f"To sample only those faces again with stronger guidance (the others stay "
                              f"bit-identical), set the Anonymized Sampler's face_guidance to a stronger guidance than its own, e.g. \"{hint}\" "
                              f"(guaranteed mode of the revpers CLI does this by itself)")
