@@ -182,21 +182,23 @@ class Job:
     def graph(self, name):
         graph = workflow.apply_knobs(self.settings.graphs[self.item.kind], {"image": name})
         # a Save node saves nothing of a failed audit on the server (fetch releases it when asked to write it)
-        graph = workflow.with_saving(graph, file_privacy.SAVE_NOTHING)
+        graph = workflow.with_inputs(graph, "RevPersSave", if_audit_failed=file_privacy.SAVE_NOTHING)
         if self.item.kind == "clip":
-            graph = workflow.with_save_format(graph, "multi-page tiff")  # as many pages as frames, exactly
+            # as many pages as frames, exactly
+            graph = workflow.with_inputs(graph, "RevPersSave", format="multi-page tiff")
         if workflow.nodes_of(graph, "RevPersAudit"):
             if self.settings.retries is not None:
                 # the audit hands its verdicts back instead of stopping: the CLI decides what is written
-                graph = workflow.with_on_fail(graph, audit_rules.MARK)
+                graph = workflow.with_inputs(graph, "RevPersAudit", on_fail=audit_rules.MARK)
             elif self.on_fail == "redact" and not self.settings.allow_unanonymized:
-                graph = workflow.with_on_fail(graph, audit_rules.REDACT)
+                graph = workflow.with_inputs(graph, "RevPersAudit", on_fail=audit_rules.REDACT)
         self.progress.graph = graph
         return graph
 
     def _plan(self, graph, adopt):
         base = workflow.guidance_of(graph)
-        if self.settings.retries is None or not workflow.nodes_of(graph, "RevPersAudit") or base is None or not guidance.anonymizes(base):
+        if (self.settings.retries is None or not workflow.nodes_of(graph, "RevPersAudit") or base is None
+                or not guidance.anonymizes(base)):
             return None
         try:
             plan = guarantee.Plan(base, tuple(g for g in self.settings.retries if g < base))
@@ -224,7 +226,7 @@ class Job:
         while True:
             run = workflow.with_face_guidance(graph, overrides)
             if redacting:
-                run = workflow.with_on_fail(run, audit_rules.REDACT)
+                run = workflow.with_inputs(run, "RevPersAudit", on_fail=audit_rules.REDACT)
             result = self.run_graph(run, overrides, pending, redact=redacting)
             pending = None
             summary = workflow.audit_summary(result, graph)
@@ -333,7 +335,8 @@ class Job:
         if not images and held and self.settings.allow_unanonymized:
             # written marked by request: the same prompt once more with the Save node saving the marked images
             # (every other node comes from the server's cache)
-            result = self.run_graph(workflow.with_saving(self.last_graph, file_privacy.SAVE_MARKED), {})
+            marked = workflow.with_inputs(self.last_graph, "RevPersSave", if_audit_failed=file_privacy.SAVE_MARKED)
+            result = self.run_graph(marked, {})
             images = [img for nid in sorted(workflow.nodes_of(graph, workflow.OUTPUT_CLASSES))
                       for img in result.images(nid)]
         if not images:

@@ -15,7 +15,7 @@ from . import models as model_registry
 
 __all__ = ["WorkflowError", "SHIPPED", "KNOBS", "OUTPUT_CLASSES", "CHECK_CLASSES", "VERDICTS", "find_workflow",
            "load_workflow", "nodes_of", "apply_knobs", "check_against_server", "weak_settings",
-           "with_face_guidance", "with_on_fail", "audit_probe", "check_texts", "audit_summary", "check_summary",
+           "with_face_guidance", "with_inputs", "audit_probe", "check_texts", "audit_summary", "check_summary",
            "sampler_summary", "tracks_summary", "missing_verdicts", "guidance_of", "checkpoint_of"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -230,27 +230,12 @@ def audit_probe(graph):
     return None
 
 
-def with_on_fail(graph, choice):
-    """The graph with every audit's on_fail set to `choice` (one of revpers_core.faces.audit.ON_FAIL)."""
+def with_inputs(graph, class_type, **inputs):
+    """The graph with `inputs` set on every node of `class_type`: the audit's on_fail (one of
+    revpers_core.faces.audit.ON_FAIL), the Save node's if_audit_failed (revpers_core.file_privacy) or format."""
     graph = json.loads(json.dumps(graph))
-    for nid in nodes_of(graph, "RevPersAudit"):
-        graph[nid]["inputs"]["on_fail"] = choice
-    return graph
-
-
-def with_saving(graph, choice):
-    """The graph with every Save node's if_audit_failed set to `choice` (revpers_core.file_privacy)."""
-    graph = json.loads(json.dumps(graph))
-    for nid in nodes_of(graph, "RevPersSave"):
-        graph[nid]["inputs"]["if_audit_failed"] = choice
-    return graph
-
-
-def with_save_format(graph, fmt):
-    """The graph with every Save Anonymized Images node saving in `fmt` (one of its formats)."""
-    graph = json.loads(json.dumps(graph))
-    for nid in nodes_of(graph, "RevPersSave"):
-        graph[nid]["inputs"]["format"] = fmt
+    for nid in nodes_of(graph, class_type):
+        graph[nid]["inputs"].update(inputs)
     return graph
 
 

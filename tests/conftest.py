@@ -1,3 +1,4 @@
+import json
 import sys
 from pathlib import Path
 
@@ -6,7 +7,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from inprocess import load_comfy_and_pack  # noqa: E402
-from paths import ARTIFACTS  # noqa: E402
+from paths import ARTIFACTS, HOST  # noqa: E402
+from harness import TEST_MODELS  # noqa: E402
+from revpers_cli import cli, workflow  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +70,25 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "comfy_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.server)
+
+
+# --- the SD1.5 stand-ins and the shipped workflows naming them, for the CLI's tests ------------------
+
+@pytest.fixture(scope="session")
+def sd15_models():
+    cli.generate_standins(TEST_MODELS, "sd15", HOST)
+    return TEST_MODELS
+
+
+@pytest.fixture(scope="session")
+def sd15_workflows(sd15_models, tmp_path_factory):
+    """The shipped photo and video workflows naming the SD1.5 stand-ins (for servers given by URL)."""
+    folder = tmp_path_factory.mktemp("workflows")
+    names = {"checkpoint": cli.STANDIN_CHECKPOINT["sd15"], "adapter": cli.STANDIN_ADAPTER["sd15"]}
+    out = {}
+    for kind in ("photo", "clip"):
+        graph = workflow.apply_knobs(workflow.load_workflow(workflow.find_workflow(None, kind)), names)
+        out[kind] = folder / f"{kind}.json"
+        out[kind].write_text(json.dumps(graph))
+    return out
+

@@ -23,7 +23,7 @@ from PIL import Image
 from clips import read_clip, truncate, write_audio_only, write_clip
 from harness import TEST_MODELS
 from paths import ARTIFACTS, HOST, REPO, artifact_dir
-from revpers_cli import cli, workflow
+from revpers_cli import cli
 from revpers_cli.host import ComfyHost
 from standin_models import marker_picture
 
@@ -43,32 +43,6 @@ def run(argv, capsys):
 
 
 @pytest.fixture(scope="module")
-def sd15_models():
-    cli.generate_standins(TEST_MODELS, "sd15", HOST)
-    return TEST_MODELS
-
-
-@pytest.fixture(scope="module")
-def sd15_workflows(sd15_models, tmp_path_factory):
-    """The shipped photo and video workflows naming the SD1.5 stand-ins (for servers given by URL)."""
-    folder = tmp_path_factory.mktemp("workflows")
-    names = {"checkpoint": cli.STANDIN_CHECKPOINT["sd15"], "adapter": cli.STANDIN_ADAPTER["sd15"]}
-    out = {}
-    for kind in ("photo", "clip"):
-        graph = workflow.apply_knobs(workflow.load_workflow(workflow.find_workflow(None, kind)), names)
-        out[kind] = folder / f"{kind}.json"
-        out[kind].write_text(json.dumps(graph))
-    return out
-
-
-def start_server(name, tmp_path_factory):
-    work = tmp_path_factory.mktemp(name)
-    return ComfyHost(HOST, extra_args=SERVER_ARGS, models_dir=TEST_MODELS, input_dir=work / "input",
-                     output_dir=work / "output", log_path=ARTIFACTS / "server" / f"{name}.log",
-                     startup_timeout=300).start()
-
-
-@pytest.fixture(scope="module")
 def servers(sd15_models, tmp_path_factory):
     hosts = [start_server(f"items-{i}", tmp_path_factory) for i in (1, 2)]
     yield hosts
@@ -83,6 +57,13 @@ def photo_folder(folder, tag, n=PHOTOS):
         x, y = int(rng.integers(60, 180)), int(rng.integers(55, 105))
         Image.fromarray(marker_picture(*SIZE, [((x, y), 28, 11 + i)], seed=i)).save(folder / f"{tag}_{i:02d}.png")
     return folder
+
+
+def start_server(name, tmp_path_factory):
+    work = tmp_path_factory.mktemp(name)
+    return ComfyHost(HOST, extra_args=SERVER_ARGS, models_dir=TEST_MODELS, input_dir=work / "input",
+                     output_dir=work / "output", log_path=ARTIFACTS / "server" / f"{name}.log",
+                     startup_timeout=300).start()
 
 
 def prompts_per_item(host_url, out):

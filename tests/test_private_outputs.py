@@ -357,19 +357,6 @@ def test_the_shipped_workflows_save_with_the_pack_s_node_without_metadata():
 # --- through real servers ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def sd15_workflows(tmp_path_factory):
-    cli.generate_standins(TEST_MODELS, "sd15", HOST)
-    folder = tmp_path_factory.mktemp("workflows")
-    names = {"checkpoint": cli.STANDIN_CHECKPOINT["sd15"], "adapter": cli.STANDIN_ADAPTER["sd15"]}
-    out = {}
-    for kind in ("photo", "clip"):
-        graph = workflow.apply_knobs(workflow.load_workflow(workflow.find_workflow(None, kind)), names)
-        out[kind] = folder / f"{kind}.json"
-        out[kind].write_text(json.dumps(graph))
-    return out
-
-
-@pytest.fixture(scope="module")
 def url_server(sd15_workflows, tmp_path_factory):
     """A server this test starts itself and hands to the CLI by URL, with folders the test can read."""
     work = tmp_path_factory.mktemp("url-server")
