@@ -275,9 +275,10 @@ def _csv_cell(value):
     return value
 
 
-def write_manifest(path, records):
-    """The manifest: JSON (items with their face rows) or CSV (one line per face and recognizer, an item
-    without faces on one line), by the file's suffix; written under a lock, atomically and durably."""
+def write_manifest(path, records, header=None):
+    """The manifest: JSON (items with their face rows, after the `header` fields: the settings digest, a
+    shard's spec) or CSV (one line per face and recognizer, an item without faces on one line), by the
+    file's suffix; written under a lock, atomically and durably."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
         text = io.StringIO(newline="")
@@ -290,7 +291,7 @@ def write_manifest(path, records):
                 writer.writerow({**item, **face})
         data = text.getvalue()
     else:
-        data = json.dumps({"version": 1, "items": records}, indent=1)
+        data = json.dumps({"version": 1, **(header or {}), "items": records}, indent=1)
     with _MANIFEST_LOCK:
         durable.write_text(path, data)
 
@@ -355,8 +356,8 @@ def _reason(error):
 class Runner:
     """Runs the entries over the servers (one worker each) and keeps the journal and the manifest."""
 
-    def __init__(self, entries, servers, settings, journal, manifest, workdir, overwrite=False):
-        self.entries, self.servers, self.settings = entries, servers, settings
+    def __init__(self, entries, servers, settings, journal, manifest, workdir, overwrite=False, header=None):
+        self.entries, self.servers, self.settings, self.header = entries, servers, settings, header
         self.journal, self.manifest, self.workdir, self.overwrite = journal, manifest, Path(workdir), overwrite
         self.records = {}
         self.items = {}  # prepared items (a clip decoded once), kept while an item may go to another server
@@ -457,7 +458,8 @@ class Runner:
         if self.manifest is None:
             return
         try:
-            write_manifest(self.manifest, [self.records[e.key] for e in self.entries if e.key in self.records])
+            write_manifest(self.manifest, [self.records[e.key] for e in self.entries if e.key in self.records],
+                           self.header)
         except OSError as e:
             problem = f"the manifest {self.manifest} cannot be written ({_reason(e)})"
             if problem not in self.problems:

@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import batch, media, servers, standins, workflow
+from . import batch, media, servers, shards, standins, workflow
 from revpers_core import guidance
 from revpers_core.faces import audit as audit_rules
 from . import models as model_registry
@@ -388,8 +388,16 @@ def _check_second_recognizer(a, pool, settings):
 
 def run_anonymize(p, a):
     _validate(p, a)
+    a.shard_spec = _shard_spec(p, a)
     comfyui_dir = _host_dir(p, a)
     entries = [] if _single(a) else batch.plan_entries(a.inputs, a.output, numbered=a.output_names == "number")
+    a.planned_total = len(entries)
+    if a.shard_spec:
+        shards.refuse_other_splits(_job_files(a)[1], *a.shard_spec)
+        entries = shards.split(entries, *a.shard_spec)
+        say(f"shard {a.shard_spec[0]}/{a.shard_spec[1]}: {len(entries)} of {a.planned_total} items")
+    elif not _single(a):
+        shards.refuse_other_splits(_job_files(a)[1])
     settings = _settings(a, sorted(_kinds(a, entries)))
     if a.standin_weights:
         say(BANNER, f"stand-in settings: --steps {a.steps or STANDIN_DEFAULTS['steps']}, --crop-size "
@@ -404,6 +412,32 @@ def run_anonymize(p, a):
             return _run_many(a, entries, settings, pool, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _shard_spec(p, a):
+    """(K, N) of --shard (None without it); a usage error for a bad spec or a job of one item."""
+    if a.shard is None:
+        if a.shard_count is not None:
+            p.error("--shard-count N goes with --shard auto")
+        return None
+    if _single(a):
+        p.error(f"--shard {a.shard}: a job of one photo or clip cannot be split; --shard splits a folder (or "
+                "several inputs) written into an output folder")
+    try:
+        return shards.parse_spec(a.shard, a.shard_count)
+    except CliError as e:
+        p.error(str(e))
+
+
+def _job_files(a):
+    """(the manifest, the journal's folder) of a job of many items; a shard's manifest named for it."""
+    output = Path(a.output)
+    manifest = Path(a.manifest) if a.manifest else output / batch.MANIFEST_NAME
+    if getattr(a, "shard_spec", None):
+        manifest = shards.shard_path(manifest, *a.shard_spec)
+    # with outputs named by number the journal (which names the inputs too) goes beside the manifest, so that a
+    # manifest written elsewhere leaves nothing in the output folder that says who is who
+    return manifest, manifest.parent if a.output_names == "number" else output
 
 
 def _warn_about_server_copies(pool, settings):
@@ -523,11 +557,14 @@ def _run_many(a, entries, settings, pool, workdir):
     """Many items: handed out over the servers, one line each, a journal to resume from, a manifest."""
     output = Path(a.output)
     output.mkdir(parents=True, exist_ok=True)
-    manifest = Path(a.manifest) if a.manifest else output / batch.MANIFEST_NAME
-    # with outputs named by number the journal (which names the inputs too) goes beside the manifest, so that a
-    # manifest written elsewhere leaves nothing in the output folder that says who is who
-    folder = manifest.parent if a.output_names == "number" else output
-    journal = batch.Journal(folder / batch.JOURNAL_NAME, batch.settings_digest(settings))
+    manifest, folder = _job_files(a)
+    digest, shard = batch.settings_digest(settings), getattr(a, "shard_spec", None)
+    if shard:  # its own journal, with a digest that a resumed shard of another split does not match
+        journal = batch.Journal(folder / shards.shard_path(batch.JOURNAL_NAME, *shard).name,
+                                shards.journal_digest(digest, *shard))
+        header = shards.header(digest, *shard, entries, getattr(a, "planned_total", len(entries)))
+    else:
+        journal, header = batch.Journal(folder / batch.JOURNAL_NAME, digest), shards.header(digest)
     if a.output_names == "number" and output.resolve() in manifest.resolve().parents:
         say(f"note: --output-names number: the outputs are named 00001, 00002, ...; {manifest} (and the job's journal "
             "beside it) says which input each number is: keep them apart when you share the folder, or write the "
@@ -535,7 +572,7 @@ def _run_many(a, entries, settings, pool, workdir):
     kinds = [e.kind for e in entries]
     say(f"{len(entries)} item(s): {kinds.count('photo')} photo(s), {kinds.count('clip')} clip(s), "
         f"{kinds.count(None)} other file(s); {len(pool)} server(s): {', '.join(s.url for s in pool)}")
-    runner = batch.Runner(entries, pool, settings, journal, manifest, workdir, a.overwrite)
+    runner = batch.Runner(entries, pool, settings, journal, manifest, workdir, a.overwrite, header)
     started, interrupted = time.time(), False
     try:
         records = runner.run()
@@ -817,9 +854,35 @@ def _anonymize_parser(sub):
                         "whole job (or several --server), one line per item, a manifest of every item and face, and a "
                         "journal so that the same command run again skips what is done. A bad item is reported and "
                         "the others go on; the exit code is not 0 when any item was not anonymized.")
-    for add in (_add_item_options, _add_method_options, _add_audit_options, _add_server_options):
+    for add in (_add_item_options, _add_method_options, _add_audit_options, _add_server_options, _add_shard_options):
         add(an)
     return an
+
+
+def _add_shard_options(an):
+    g = an.add_argument_group("splitting a folder job over independent processes (a job array)")
+    g.add_argument("--shard", metavar="K/N", help="run only shard K of N of the folder's items (1 <= K <= N), each "
+                   "item in one shard by a hash of its path (adding files moves no other item); each shard has its "
+                   "own servers, journal and manifest (manifest.shard-K-of-N.json), so N shards may write into one "
+                   "output folder; `revpers merge-manifests` joins their manifests. `auto`: K and N from a Slurm "
+                   "job array ($SLURM_ARRAY_TASK_ID, _MIN, _COUNT) or a Kubernetes Indexed Job "
+                   "($JOB_COMPLETION_INDEX, with --shard-count). See docs/scaling.md")
+    g.add_argument("--shard-count", type=int, metavar="N", help="with --shard auto and $JOB_COMPLETION_INDEX: "
+                   "the number of shards (the Indexed Job's completions)")
+
+
+def _merge_parser(sub):
+    me = sub.add_parser("merge-manifests", help="join the manifests of a job's shards (--shard K/N) into one",
+                        description="Join the manifests the shards of one job wrote (anonymize --shard K/N) into "
+                        "one manifest in the job's format. Checks they are of one job (the same N and settings), "
+                        "says which shards are missing and, per shard, how many of its planned items; an item in "
+                        "two manifests is an error. Exit code 0 when every shard and item is there and none "
+                        "failed, not 0 otherwise.")
+    me.add_argument("manifests", nargs="+", metavar="FOLDER_OR_MANIFEST", help="the output folder (its "
+                    "*.shard-K-of-N.json, or .csv, manifests) or the shards' manifest files")
+    me.add_argument("-o", "--output", help="the merged manifest, .json or .csv (default: manifest.json, or .csv, "
+                    "beside the shards' manifests)")
+    return me
 
 
 def _models_parser(sub):
@@ -870,7 +933,8 @@ def build_parser():
                                 "(--allow-unanonymized), 130 interrupted")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    p.commands = {"anonymize": _anonymize_parser(sub), "models": _models_parser(sub), "audit": _audit_parser(sub)}
+    p.commands = {"anonymize": _anonymize_parser(sub), "models": _models_parser(sub), "audit": _audit_parser(sub),
+                  "merge-manifests": _merge_parser(sub)}
     return p
 
 
@@ -896,6 +960,8 @@ def main(argv=None):
             return run_anonymize(p.commands["anonymize"], a)
         if a.command == "audit":
             return run_audit(p.commands["audit"], a)
+        if a.command == "merge-manifests":
+            return shards.run_merge(a.manifests, a.output)
         return run_models(p.commands["models"], a)
     except CliError as e:
         print(f"error: {e}", file=sys.stderr)
