@@ -107,11 +107,12 @@ def detect_faces(analysis, images, crop_size, padding, threshold, min_face_size,
     """The body of Detect and Align Faces (and, with tracking settings, of Detect and Track Faces)."""
     batch = _images.image_batch(images, "images")
     threshold = float(threshold) if threshold > 0 else analysis.threshold
-    faces, crops, masks = pipeline.detect_and_align(
-        analysis.analyser, batch, crop_size=crop_size, padding=padding, threshold=threshold,
-        min_size=float(min_face_size), max_faces=int(max_faces), expected_faces=int(expected_faces),
-        on_no_face=on_no_face, on_step=Progress(len(batch)), beyond_max_faces=beyond_max_faces,
-        tracking=tracking)
+    settings = pipeline.AlignSettings(crop_size=crop_size, padding=padding, threshold=threshold,
+                                      min_size=float(min_face_size), max_faces=int(max_faces),
+                                      expected_faces=int(expected_faces), on_no_face=on_no_face,
+                                      beyond_max_faces=beyond_max_faces)
+    faces, crops, masks = pipeline.detect_and_align(analysis.analyser, batch, settings, on_step=Progress(len(batch)),
+                                                    tracking=tracking)
     warning = faces.warning()
     if warning:
         log.warning("revpers: %s", warning.replace("\n", "; "))

@@ -107,7 +107,7 @@ def test_crops_are_upright_and_centred_on_the_template(t1, astro):
     figures = {"faces": []}
     sheet = []
     for name, (rgb, found) in (("t1", t1), ("astronaut", astro)):
-        faces, crops, _ = pipeline.align_detections([to_float(rgb)], [detections(found)], size)
+        faces, crops, _ = pipeline.align_detections([to_float(rgb)], [detections(found)], crop_size=size)
         template = align.template_points(size)
         for record, crop in zip(faces.faces, crops):
             mapped = record.crop_landmarks()
@@ -192,7 +192,7 @@ def test_rotated_photo_gives_the_same_upright_crop(astro):
 # --- paste-back --------------------------------------------------------------------------------------
 
 def _roundtrip(image, dets, size, feather=DEFAULT_FEATHER):
-    faces, crops, _ = pipeline.align_detections([image], [dets], size)
+    faces, crops, _ = pipeline.align_detections([image], [dets], crop_size=size)
     outs, coverage, _ = pipeline.paste_back([image], crops, faces, feather=feather)
     out, cov = outs[0], coverage[0]
     inside = cov > 0
@@ -242,7 +242,7 @@ def test_paste_back_of_unmodified_crops_reproduces_the_photo(t1):
 def test_several_faces_are_all_replaced(t1):
     rgb, found = t1
     image = to_float(rgb)
-    faces, crops, _ = pipeline.align_detections([image], [detections(found)], 512)
+    faces, crops, _ = pipeline.align_detections([image], [detections(found)], crop_size=512)
     anonymized = 1.0 - crops  # the stand-in "anonymizer": colour-inverted faces
     outs, coverage, warning = pipeline.paste_back([image], anonymized, faces, feather=DEFAULT_FEATHER)
     out, cov = outs[0], coverage[0]
@@ -273,7 +273,7 @@ def test_the_whole_face_is_replaced_not_just_feathered(t1, astro):
         found = dlib_faces(rgb, min_score=min_score, all_points=True)
         image = to_float(rgb)
         faces, crops, _ = pipeline.align_detections(
-            [image], [[Detection(b, f, s) for b, f, s, _ in found]], 1024)
+            [image], [[Detection(b, f, s) for b, f, s, _ in found]], crop_size=1024)
         coverage = pipeline.paste_back([image], crops, faces)[1][0]
         for _, _, _, points in found:
             hull = cv2.convexHull(points.astype(np.float32)).astype(np.int32)
@@ -291,7 +291,7 @@ def test_feathered_edge_leaves_no_seam_on_a_flat_background():
     five = align.transform_points(align.ARCFACE_TEMPLATE_112, rot) + 110
     det = Detection(np.array([110, 110, 290, 290.0]), five, 1.0)
     size = 512
-    faces, crops, _ = pipeline.align_detections([image], [[det]], size)
+    faces, crops, _ = pipeline.align_detections([image], [[det]], crop_size=size)
     flat = np.full_like(crops, 0.8)
     steps = {}
     for feather in (DEFAULT_FEATHER, 0.0):
@@ -316,12 +316,12 @@ def test_overlapping_faces_blend_order_independently():
     b = align.ARCFACE_TEMPLATE_112 * 1.5 + np.array([150, 70])  # overlaps the first
     dets = [Detection(np.array([80, 60, 248, 228.0]), a, 1.0), Detection(np.array([150, 70, 318, 238.0]), b, 1.0)]
     size = 256
-    faces, crops, _ = pipeline.align_detections([image], [dets], size)
+    faces, crops, _ = pipeline.align_detections([image], [dets], crop_size=size)
     colours = np.zeros_like(crops)
     colours[0, ..., 0] = 1.0  # red face
     colours[1, ..., 2] = 1.0  # blue face
     out = pipeline.paste_back([image], colours, faces)[0][0]
-    faces_swapped, _, _ = pipeline.align_detections([image], [dets[::-1]], size)
+    faces_swapped, _, _ = pipeline.align_detections([image], [dets[::-1]], crop_size=size)
     out_swapped = pipeline.paste_back([image], colours[::-1].copy(), faces_swapped)[0][0]
     assert np.abs(out - out_swapped).max() < 1e-6
     # where both faces cover fully, the two are shared and the original does not show through
@@ -357,7 +357,7 @@ def test_grey_and_rgba_photos(t1):
     rng = np.random.default_rng(1)
     rgba = np.concatenate([image, rng.uniform(0, 1, size=image.shape[:2] + (1,)).astype(np.float32)], axis=2)
     for photo in (grey, rgba):
-        faces, crops, _ = pipeline.align_detections([photo], [detections(found)], 256)
+        faces, crops, _ = pipeline.align_detections([photo], [detections(found)], crop_size=256)
         assert crops.shape == (6, 256, 256, 3)
         outs, coverage, _ = pipeline.paste_back([photo], 1.0 - crops, faces)
         out, cov = outs[0], coverage[0]
@@ -367,4 +367,4 @@ def test_grey_and_rgba_photos(t1):
         if photo.shape[2] == 4:
             assert np.array_equal(out[..., 3], photo[..., 3])  # alpha untouched everywhere
     with pytest.raises(ValueError, match="2 channels"):
-        pipeline.align_detections([np.zeros((50, 50, 2), np.float32)], [[]], 256)
+        pipeline.align_detections([np.zeros((50, 50, 2), np.float32)], [[]], crop_size=256)

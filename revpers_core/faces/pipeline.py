@@ -10,6 +10,7 @@ FaceSet, reported, and shown by paste-back.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,11 +40,40 @@ def _bgr(image: np.ndarray) -> np.ndarray:
     return to_bgr_uint8(np.asarray(image, dtype=np.float32))
 
 
-def _check_alignment(crop_size: int, padding: float, on_no_face: str):
-    """The alignment settings checked once, where a run starts: (crop_size, padding)."""
-    if on_no_face not in ON_NO_FACE_IN_FRAME:
-        raise ValueError(f"on_no_face must be one of {ON_NO_FACE_IN_FRAME}, not {on_no_face!r}")
-    return check_crop_size(crop_size), check_padding(padding)
+@dataclass(frozen=True)
+class AlignSettings:
+    """How faces are found and aligned, checked once where a run starts (as TrackSettings for tracks):
+    the crop's side and margin (padding, vshift), which detections count (threshold, min_size: smaller
+    faces are covered, max_faces: 0 = all, beyond_max_faces), and the fail-closed policy (expected_faces
+    per image, at least one when 0; on_no_face)."""
+
+    crop_size: int = DEFAULT_CROP_SIZE
+    padding: float = DEFAULT_PADDING
+    vshift: float = DEFAULT_VSHIFT
+    threshold: float = 0.5
+    min_size: float = 0.0
+    max_faces: int = 0
+    expected_faces: int = 0
+    on_no_face: str = "error"
+    beyond_max_faces: str = "error"
+
+    def __post_init__(self):
+        if self.on_no_face not in ON_NO_FACE_IN_FRAME:
+            raise ValueError(f"on_no_face must be one of {ON_NO_FACE_IN_FRAME}, not {self.on_no_face!r}")
+        if self.beyond_max_faces not in BEYOND_MAX_FACES:
+            raise ValueError(f"beyond_max_faces must be one of {BEYOND_MAX_FACES}, not {self.beyond_max_faces!r}")
+        if self.max_faces and self.expected_faces and self.expected_faces > self.max_faces:
+            raise ValueError(f"expected_faces ({self.expected_faces}) is larger than max_faces ({self.max_faces}): "
+                             f"no image could satisfy both")
+        object.__setattr__(self, "crop_size", check_crop_size(self.crop_size))
+        object.__setattr__(self, "padding", check_padding(self.padding))
+
+
+def _settings(settings: AlignSettings | None, fields: dict) -> AlignSettings:
+    """`settings`, or AlignSettings made of the keyword `fields` (a shorthand for callers and tests)."""
+    if settings is not None and fields:
+        raise TypeError(f"give AlignSettings or its fields ({', '.join(fields)}), not both")
+    return settings if settings is not None else AlignSettings(**fields)
 
 
 def _no_face_advice(threshold: float, det_size: int, min_size: float) -> str:
@@ -77,34 +107,29 @@ def share_out(index: int, detections, min_size: float = 0.0, max_faces: int = 0,
     return keep, skipped
 
 
-def detect_and_align(analyser: FaceAnalyser, images, crop_size: int = DEFAULT_CROP_SIZE,
-                     padding: float = DEFAULT_PADDING, vshift: float = DEFAULT_VSHIFT,
-                     threshold: float = 0.5, min_size: float = 0.0, max_faces: int = 0,
-                     expected_faces: int = 0, on_no_face: str = "error", on_step=None,
-                     beyond_max_faces: str = "error", tracking: TrackSettings | None = None):
+def detect_and_align(analyser: FaceAnalyser, images, settings: AlignSettings | None = None, on_step=None,
+                     tracking: TrackSettings | None = None, **fields):
     """Find and align the faces of every image (detection by `analyser`, `share_out`, then
-    `align_detections`). Every face the detector scores at or above `threshold` is anonymized,
-    covered (below `min_size`) or, only with beyond_max_faces 'leave visible (marked)', left.
+    `align_detections`), as `settings` (or its `fields` given as keywords) say. Every face the detector
+    scores at or above the threshold is anonymized, covered (below min_size) or, only with
+    beyond_max_faces 'leave visible (marked)', left.
     With `tracking` the images are the frames of a clip, in time order: the detections are linked
     into tracks and the faces missed in short gaps of a track are interpolated (see tracks.py); the
     face records carry their track id.
 
     Returns (FaceSet, crops [F, S, S, 3] float32, masks [F, S, S] float32); see align_detections.
     """
-    crop_size, padding = _check_alignment(crop_size, padding, on_no_face)
-    if on_no_face == FRAME_UNCHANGED and tracking is None:
+    settings = _settings(settings, fields)
+    if settings.on_no_face == FRAME_UNCHANGED and tracking is None:
         raise ValueError(f"on_no_face {FRAME_UNCHANGED!r} is for the frames of a clip (Detect and Track Faces); "
                          f"for photos use one of {ON_NO_FACE}")
-    if max_faces and expected_faces and expected_faces > max_faces:
-        raise ValueError(f"expected_faces ({expected_faces}) is larger than max_faces ({max_faces}): "
-                         f"no image could satisfy both")
     images = list(images)
     detected, embeddings = [], []
     for index, image in enumerate(images):
         if on_step is not None:
             on_step(index, len(images))
         bgr = _bgr(image)
-        detected.append(analyser.detect(bgr, threshold))
+        detected.append(analyser.detect(bgr, settings.threshold))
         if tracking is not None:
             embeddings.append(analyser.embed(bgr, [d.landmarks for d in detected[-1]]))
     gaps = []
@@ -113,19 +138,19 @@ def detect_and_align(analyser: FaceAnalyser, images, crop_size: int = DEFAULT_CR
         detected, gaps = tracks.fill_gaps(detected, ids, tracking.max_gap)
     found, skipped = [], []
     for index, detections in enumerate(detected):
-        keep, skip = share_out(index, detections, min_size, max_faces, beyond_max_faces)
+        keep, skip = share_out(index, detections, settings.min_size, settings.max_faces, settings.beyond_max_faces)
         found.append(keep)
         skipped += skip
     if on_step is not None:
         on_step(len(images), len(images))
-    advice = _no_face_advice(threshold, analyser.det_size, min_size)
-    return _align(images, found, crop_size, padding, vshift, expected_faces, on_no_face, advice, skipped, gaps)
+    advice = _no_face_advice(settings.threshold, analyser.det_size, settings.min_size)
+    return _align(images, found, settings, advice, skipped, gaps)
 
 
-def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, padding: float = DEFAULT_PADDING,
-                     vshift: float = DEFAULT_VSHIFT, expected_faces: int = 0, on_no_face: str = "error",
-                     advice: str = "", skipped=(), long_gaps=()):
-    """Align given detections (per image, in the order wanted) and apply the fail-closed policy.
+def align_detections(images, detections, settings: AlignSettings | None = None, advice: str = "", skipped=(),
+                     long_gaps=(), **fields):
+    """Align given detections (per image, in the order wanted) and apply the fail-closed policy of
+    `settings` (or its `fields` as keywords; the detection fields are not used here).
 
     skipped: SkippedFace records of faces that are covered or left instead of anonymized (they
     count as found). expected_faces: the number each image must yield at least (0 means at least
@@ -134,20 +159,18 @@ def align_detections(images, detections, crop_size: int = DEFAULT_CROP_SIZE, pad
     placeholder with an empty mask and FaceSet.placeholder is True.
     Returns (FaceSet, crops [F, S, S, 3] float32, masks [F, S, S] float32).
     """
-    crop_size, padding = _check_alignment(crop_size, padding, on_no_face)
-    return _align(images, detections, crop_size, padding, vshift, expected_faces, on_no_face, advice, skipped,
-                  long_gaps)
+    return _align(images, detections, _settings(settings, fields), advice, skipped, long_gaps)
 
 
-def _align(images, detections, crop_size, padding, vshift, expected_faces, on_no_face, advice, skipped,
-           long_gaps):
+def _align(images, detections, settings: AlignSettings, advice, skipped, long_gaps):
     """align_detections on checked settings (also the last part of detect_and_align)."""
+    crop_size, padding, vshift, on_no_face = settings.crop_size, settings.padding, settings.vshift, settings.on_no_face
     images = list(images)
     if not images:
         raise ValueError("no images were given")
     if len(detections) != len(images):
         raise ValueError(f"{len(detections)} detection lists for {len(images)} images")
-    need = max(1, int(expected_faces))
+    need = max(1, int(settings.expected_faces))
     skipped = list(skipped)
     sizes, records, crops, passed, unchanged = [], [], [], {}, {}
     for index, (image, found) in enumerate(zip(images, detections)):
