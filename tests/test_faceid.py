@@ -68,13 +68,15 @@ def test_identity_projections_are_read_from_the_file_when_needed_and_let_go(tmp_
     A file changed since it was loaded is refused by name."""
     import weakref
 
-    import revpers_core.faceid as faceid
+    import revpers_core.faceid.adapter as faceid_adapter
+    import revpers_core.faceid.files as faceid_files
     from revpers_core.conditioning import identity_tokens
 
-    monkeypatch.setattr(faceid, "IDENTITY_READ_BLOCKS", 1)  # the tiny adapter has 4 blocks: 4 groups
+    # patched where FaceIDAdapter looks them up (revpers_core/faceid/adapter.py)
+    monkeypatch.setattr(faceid_adapter, "IDENTITY_READ_BLOCKS", 1)  # the tiny adapter has 4 blocks: 4 groups
     reads = []
-    read_ip_tensors = faceid._read_ip_tensors
-    monkeypatch.setattr(faceid, "_read_ip_tensors", lambda path, numbers: reads.append(list(numbers)) or
+    read_ip_tensors = faceid_files._read_ip_tensors
+    monkeypatch.setattr(faceid_adapter, "_read_ip_tensors", lambda path, numbers: reads.append(list(numbers)) or
                         read_ip_tensors(path, numbers))
 
     flat = load_file(str(adapter_path("golden")))
@@ -83,7 +85,7 @@ def test_identity_projections_are_read_from_the_file_when_needed_and_let_go(tmp_
         path.write_bytes(adapter_path("golden").read_bytes())
     else:
         torch.save(_nested(flat), path, _use_new_zipfile_serialization=(layout == "zip"))
-    assert faceid._file_layout(str(path)) == layout
+    assert faceid_files._file_layout(str(path)) == layout
     adapter = load_faceid_adapter(str(path))
     held = faceid_adapter_from_state_dict(flat, "held")
     assert not adapter.identity_weights_held and held.identity_weights_held
