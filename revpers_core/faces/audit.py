@@ -18,6 +18,10 @@ reported as such and do not fail it; every other face does, whatever the reason.
 only asked about faces it can see: dlib's descriptor means nothing on a region that dlib's own
 detector does not take for a face in the original (its descriptors of non-faces all lie close
 together), so such faces are judged by ArcFace alone, and the report says so per face.
+
+This module judges (and holds the audit's rules: ON_FAIL, SECOND_RECOGNIZER, MATCH_IOU ...); the report
+is `audit_report.py`, the drawing `audit_drawing.py`, the box overlap `geometry.py`. Their names used
+elsewhere (`AuditReport`, `mark_failed`, `draw_verdicts`, `box_iou`) are reachable here too.
 """
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .audit_drawing import draw_verdicts, mark_failed  # noqa: F401 (reachable here, as before the split)
+from .audit_report import AuditReport, _where
+from .geometry import box_iou
 from .pixels import to_bgr_uint8
 from .records import COVERED, LEFT, Detection, FaceSet
 
@@ -41,16 +48,6 @@ ON_FAIL_WORDS = {"stop": STOP, "redact": REDACT}
 ON_FAIL_DEFAULT = {"photo": "stop", "folder": "redact", "clip": "redact"}
 SECOND_RECOGNIZER = ("dlib if installed", "dlib (required)", "off")
 REDACTED = "redacted"  # the status of a face covered by the flat fill after it failed the audit
-
-
-def box_iou(a, b) -> float:
-    ax1, ay1, ax2, ay2 = (float(v) for v in a)
-    bx1, by1, bx2, by2 = (float(v) for v in b)
-    iw = max(0.0, min(ax2, bx2) - max(ax1, bx1))
-    ih = max(0.0, min(ay2, by2) - max(ay1, by1))
-    inter = iw * ih
-    union = max(ax2 - ax1, 0) * max(ay2 - ay1, 0) + max(bx2 - bx1, 0) * max(by2 - by1, 0) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @dataclass
@@ -137,129 +134,6 @@ class FaceAudit:
 
 
 @dataclass
-class AuditReport:
-    faces: list[FaceAudit]
-    recognizers: list[str]
-    notes: list[str] = field(default_factory=list)
-    image_count: int = 0
-    rows_known: bool = False  # the face records were given: each anonymized face's sampler row is known
-    judges: list[str] = field(default_factory=list)  # the recognizers' names ("ArcFace", "dlib")
-    redactions: list = field(default_factory=list)   # redact.Redaction of the faces covered before this audit
-
-    @property
-    def failed(self) -> list[FaceAudit]:
-        return [f for f in self.faces if f.failed]
-
-    @property
-    def left(self) -> list[FaceAudit]:
-        return [f for f in self.faces if f.status == "left by request"]
-
-    @property
-    def passed(self) -> bool:
-        return not self.failed
-
-    def failed_images(self) -> list[int]:
-        return sorted({f.image_index for f in self.failed})
-
-    @property
-    def failed_rows(self) -> list[int]:
-        """Sampler rows of the failing faces: what guaranteed mode can sample again."""
-        return sorted({f.row for f in self.failed if f.row is not None})
-
-    @property
-    def unfixable(self) -> list[FaceAudit]:
-        """Failing faces that are no sampler row (no detector of Detect and Align took them for a face,
-        or they were covered): sampling again cannot change them."""
-        return [f for f in self.failed if f.row is None] if self.rows_known else []
-
-    @property
-    def independent(self) -> bool:
-        """A recognizer the method did not optimize against (anything but ArcFace) judged."""
-        return any(name != "ArcFace" for name in self.judges)
-
-    def summary(self) -> dict:
-        """The verdicts as plain data (the node's UI output, read by the CLI): `passed` is the verdict on
-        the images handed on; `recognized` whether a face was still recognizable in them as anonymized
-        (before any redaction); `failed_rows` and `unfixable` what guaranteed mode can and cannot sample
-        again; `redacted` the faces covered; `recognizers` who judged, `independent` whether one of them is
-        not the recognizer the method optimizes against."""
-        return {"passed": self.passed, "recognized": bool(self.redactions) or not self.passed,
-                "failed_rows": self.failed_rows,
-                "unfixable": [f"face {f.index} ({_where(f)})" for f in self.unfixable],
-                "left": len(self.left), "rows": self.rows(), "recognizers": list(self.judges),
-                "independent": self.independent, "redacted": [r.as_dict() for r in self.redactions]}
-
-    def text(self) -> str:
-        lines = ["Audit of the final image(s): is any original face still recognizable anywhere in them?",
-                 "Recognizers: " + "; ".join(self.recognizers)]
-        lines += [f"Note: {n}" for n in self.notes]
-        for r in self.redactions:
-            lines.append(f"REDACTED: {r.describe()}")
-        if self.redactions:
-            lines.append("The image(s) were audited again after the redaction:")
-        for f in self.faces:
-            cx, cy = (f.box[0] + f.box[2]) / 2.0, (f.box[1] + f.box[3]) / 2.0
-            row = f", row {f.row}" if f.row is not None else ""
-            lines.append(f"  face {f.index} (image {f.image_index}, at ({cx:.0f}, {cy:.0f}), {f.size:.0f} px, "
-                         f"found by {', '.join(f.found_by)}, {f.status}{row}): {f.verdict}")
-            for j in f.judgements:
-                if j.at_place is None:
-                    lines.append(f"      {j.recognizer}: not measured - {j.reason}")
-                    continue
-                value = f"{j.measure} {j.at_place:+.3f} at its place ({j.measured_on})"
-                if j.recognized:
-                    lines.append(f"      {j.recognizer}: {value}; SAME PERSON (threshold {j.threshold:.2f}) "
-                                 f"in: {'; '.join(j.matches)}")
-                else:
-                    lines.append(f"      {j.recognizer}: {value}; threshold {j.threshold:.2f}: not this person")
-        if not self.faces:
-            lines.append(f"  no face found in the {self.image_count} original image(s)")
-        n_fail, n_left = len(self.failed), len(self.left)
-        if n_fail:
-            images = ", ".join(str(i) for i in self.failed_images())
-            lines.append(f"RESULT: FAILED - {n_fail} of {len(self.faces)} face(s) still recognizable "
-                         f"(image {images})")
-            if self.failed_rows:
-                from ..guarantee import format_face_guidance
-                from ..guidance import RETRIES
-                hint = format_face_guidance({r: RETRIES[0] for r in self.failed_rows})
-                lines.append(f"To sample only those faces again with stronger guidance (the others stay "
-                             f"bit-identical), set the Anonymized Sampler's face_guidance to a stronger guidance than its own, e.g. \"{hint}\" "
-                             f"(guaranteed mode of the revpers CLI does this by itself)")
-            if not self.rows_known:
-                lines.append("Connect Detect and Align's faces to the audit to learn which sampler rows to sample "
-                             "again (face_guidance)")
-            for f in self.unfixable:
-                lines.append(f"  face {f.index} is no face Detect and Align anonymized ({f.status}, found by "
-                             f"{', '.join(f.found_by)}): stronger guidance cannot change it")
-        elif self.redactions:
-            lines.append(f"RESULT: passed after redaction - {len(self.redactions)} face(s) covered with a flat fill; "
-                         f"none of the {len(self.faces) - n_left} face(s) to anonymize is recognizable in the "
-                         f"final image(s)")
-        else:
-            lines.append(f"RESULT: passed - none of the {len(self.faces) - n_left} face(s) to anonymize is "
-                         f"recognizable in the final image(s)")
-        if n_left:
-            lines.append(f"WARNING: {n_left} face(s) left un-anonymized by request")
-        return "\n".join(lines)
-
-    def rows(self) -> list[dict]:
-        """One plain dict per face and recognizer (for JSON/CSV)."""
-        out = []
-        for f in self.faces:
-            for j in f.judgements:
-                out.append({"face": f.index, "image": f.image_index, "row": f.row,
-                            "box": [round(float(v), 1) for v in f.box], "size": round(float(f.size), 1),
-                            "found_by": "+".join(f.found_by), "status": f.status,
-                            "recognizer": j.recognizer, "measure": j.measure, "threshold": j.threshold,
-                            "at_place": None if j.at_place is None else round(float(j.at_place), 4),
-                            "measured_on": j.measured_on or j.reason, "recognized": j.recognized,
-                            "retrieved": j.retrieved,
-                            "matches": " | ".join(j.matches), "verdict": f.verdict})
-        return out
-
-
-@dataclass
 class Auditor:
     """What the audit judges with: the analysis (its detector and ArcFace), the second recognizer
     and detector (dlib) when given, and the detection threshold of the analysis."""
@@ -335,12 +209,6 @@ def _attribute_missed(seen: list[Seen], recorded) -> None:
                   and x1 <= det.centre[0] <= x2 and y1 <= det.centre[1] <= y2]
         if len(inside) == 1:
             face.row = inside[0]
-
-
-def _where(face) -> str:
-    cx, cy = (face.box[0] + face.box[2]) / 2.0, (face.box[1] + face.box[3]) / 2.0
-    return f"image {face.image_index} at ({cx:.0f}, {cy:.0f})"
-
 
 
 def audit(auditor: Auditor, originals, finals, faceset: FaceSet | None = None, on_step=None) -> AuditReport:
@@ -474,42 +342,3 @@ def _judge(judge, originals, finals, orig_faces, final_faces, report):
             values = judge.scores(here, gallery)[0]
             best = int(np.argmax(values) if judge.higher_is_same else np.argmin(values))
             j.retrieved = every_index[best]
-
-
-def mark_failed(finals, report: AuditReport) -> list[np.ndarray]:
-    """The final images, those with a face that failed the audit marked NOT ANONYMIZED (frame and
-    banner), for a user who chose to save them anyway."""
-    from .paste import mark_not_anonymized
-
-    failed = set(report.failed_images())
-    return [mark_not_anonymized(np.asarray(im, np.float32), "NOT ANONYMIZED: AUDIT FAILED")
-            if i in failed else np.asarray(im, np.float32) for i, im in enumerate(finals)]
-
-
-def draw_verdicts(image: np.ndarray, report: AuditReport, image_index: int = 0) -> np.ndarray:
-    """A copy of an RGB image (float 0..1 or uint8) with each audited face of `image_index` boxed
-    and labelled: green "ok", red "STILL RECOGNIZABLE", orange "LEFT", with each recognizer's
-    figure at its place. For people to look at; not part of any output the pack saves."""
-    import cv2
-
-    rgb = np.asarray(image)
-    out = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8) if rgb.dtype != np.uint8 else rgb.copy()
-    out = np.ascontiguousarray(out[:, :, :3])
-    colours = {"ok": (0, 200, 0), "STILL RECOGNIZABLE": (230, 0, 0)}
-    scale = max(0.4, min(out.shape[:2]) / 900.0)
-    for face in report.faces:
-        if face.image_index != image_index:
-            continue
-        colour = colours.get(face.verdict, (255, 140, 0))
-        x1, y1, x2, y2 = (int(round(v)) for v in face.box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), colour, max(2, int(3 * scale)))
-        lines = [f"{face.index}: {face.verdict}"]
-        lines += [f"{j.recognizer} {j.at_place:+.2f}" if j.at_place is not None else f"{j.recognizer} n/a"
-                  for j in face.judgements]
-        for n, line in enumerate(lines):
-            y = y2 + int((n + 1) * 22 * scale)
-            cv2.putText(out, line, (x1, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (0, 0, 0), int(4 * scale) + 1,
-                        cv2.LINE_AA)
-            cv2.putText(out, line, (x1, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, colour, max(1, int(2 * scale)),
-                        cv2.LINE_AA)
-    return out

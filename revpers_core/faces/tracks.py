@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .audit import box_iou
+from .geometry import box_iou
 from .records import Detection
 
 DEFAULT_MAX_GAP = 8
