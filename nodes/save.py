@@ -14,8 +14,8 @@ from .common import AuditReport, category, check_options
 log = logging.getLogger("revpers")
 
 FORMATS = {"png": ("PNG", ".png"), "webp": ("WEBP", ".webp"), "animated webp": ("WEBP", ".webp"),
-           "multi-page tiff": ("TIFF", ".tiff")}
-ONE_FILE = ("animated webp", "multi-page tiff")  # every image into one file
+           "animated png (every frame)": ("PNG", ".png")}
+ONE_FILE = ("animated webp", "animated png (every frame)")  # every image into one file
 
 
 class RevPersSave(io.ComfyNode):
@@ -41,7 +41,7 @@ class RevPersSave(io.ComfyNode):
                 io.Combo.Input("format", options=list(FORMATS), default="png",
                                tooltip="png or webp: one file per image. animated webp: every image a frame "
                                        "of one file, at 'fps' (the frames of a clip; a frame identical to the "
-                                       "one before is folded into it). multi-page tiff: every image a page of "
+                                       "one before is folded into it). animated png: every image a frame of "
                                        "one file, exactly as many pages as images (what the command line uses)."),
                 io.Combo.Input("metadata", options=list(file_privacy.METADATA), default=file_privacy.NO_METADATA,
                                tooltip="none: the files hold only the pixels. prompt and workflow: ComfyUI's "
@@ -90,11 +90,11 @@ class RevPersSave(io.ComfyNode):
             filename_prefix, folder_paths.get_output_directory(), width, height)
         if format == "animated webp":
             files = [(file_privacy.animation_bytes(pictures, fps, lossless, quality, texts=texts))]
-        elif format == "multi-page tiff":
+        elif format == "animated png (every frame)":
             if texts:
-                raise ValueError("Save Anonymized Images: a multi-page tiff holds no prompt or workflow; set "
+                raise ValueError("Save Anonymized Images: the animated png holds no prompt or workflow; set "
                                  "metadata to none, or choose png or webp")
-            files = [file_privacy.pages_bytes(pictures)]
+            files = [file_privacy.frames_bytes(pictures)]
         else:
             files = [file_privacy.picture_bytes(p, fmt, quality=quality, lossless=lossless, texts=texts)
                      for p in pictures]

@@ -118,7 +118,7 @@ class ClipItem:
         if len(pictures) != 1:
             raise media.MediaError(f"the video workflow saved {len(pictures)} pictures for {self.label}; it must save "
                                    "the clip as one file of every frame (Save Anonymized Images; the command line "
-                                   "sets its format to multi-page tiff)")
+                                   "sets its format to animated png)")
         media.write_clip(self.clip, media.frames_of(pictures[0]), self.output, self.crf, say,
                          audio=self.audio == "keep")
         self.clip = None  # the frames are not needed any more
@@ -185,7 +185,7 @@ class Job:
         graph = workflow.with_inputs(graph, "RevPersSave", if_audit_failed=file_privacy.SAVE_NOTHING)
         if self.item.kind == "clip":
             # as many pages as frames, exactly
-            graph = workflow.with_inputs(graph, "RevPersSave", format="multi-page tiff")
+            graph = workflow.with_inputs(graph, "RevPersSave", format="animated png (every frame)")
         if workflow.nodes_of(graph, "RevPersAudit"):
             if self.settings.retries is not None:
                 # the audit hands its verdicts back instead of stopping: the CLI decides what is written

@@ -2,10 +2,10 @@
 them, written in the format the output names, alpha put back) and clips (decoded and encoded with
 PyAV, the library current ComfyUI itself uses for video).
 
-A clip travels to the server as one multi-page TIFF (every frame exactly, one page each; ComfyUI's
-Load Image reads every page into one IMAGE batch) and comes back the same way from the pack's save
-node. Not as an animated WebP: its encoder folds a frame identical to the one before into it, so a
-still scene would come back shorter. Only then is it encoded, once: H.264 in the clip's own container, every frame
+A clip travels to the server as one animated PNG without durations (every frame exactly; ComfyUI's
+Load Image reads every frame into one IMAGE batch, through Pillow or PyAV) and comes back the same
+way from the pack's save node. Not as an animated WebP: its encoder folds a frame identical to the
+one before into it, so a still scene would come back shorter. Only then is it encoded, once: H.264 in the clip's own container, every frame
 at its original timestamp (frame count, order and timing in = out), the audio streams copied packet
 for packet (re-encoded to AAC only where the container cannot hold them as they are).
 
@@ -260,15 +260,15 @@ def read_clip(path):
 
 
 def clip_for_upload(clip, workdir):
-    """The clip's frames as one multi-page TIFF (exact pixels, one page per frame) in `workdir`: what Load
-    Image reads into one IMAGE batch. Not an animated WebP, whose encoder folds identical frames together."""
-    path = Path(workdir) / f"clip-{uuid.uuid4().hex}.tiff"
-    path.write_bytes(file_privacy.pages_bytes(clip.frames))
+    """The clip's frames as one animated PNG (exact pixels, every frame: file_privacy.frames_bytes) in
+    `workdir`: what Load Image reads into one IMAGE batch."""
+    path = Path(workdir) / f"clip-{uuid.uuid4().hex}.png"
+    path.write_bytes(file_privacy.frames_bytes(clip.frames))
     return path
 
 
 def frames_of(data):
-    """Every frame of a picture the server returned (a still, a multi-page TIFF or an animated WebP), RGB
+    """Every frame of a picture the server returned (a still, an animated PNG or WebP), RGB
     uint8."""
     from PIL import Image, ImageSequence
     with Image.open(io.BytesIO(data)) as im:
@@ -371,7 +371,7 @@ def write_clip(clip, frames, out, crf=CRF_DEFAULT, say=lambda line: None, audio=
     if len(frames) != len(clip.frames):
         raise MediaError(f"{clip.path}: the workflow returned {len(frames)} frames for the clip's {len(clip.frames)}; "
                          "nothing was written (an animated WebP folds a frame identical to the one before into it: "
-                         "save the frames with Save Anonymized Images, format multi-page tiff)")
+                         "save the frames with Save Anonymized Images, format animated png)")
     if frames and frames[0].shape != clip.frames[0].shape:
         raise MediaError(f"{clip.path}: the workflow returned frames of {frames[0].shape[1]}x{frames[0].shape[0]} for "
                          f"a clip of {clip.size[0]}x{clip.size[1]}; nothing was written")

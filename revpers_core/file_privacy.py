@@ -18,7 +18,7 @@ import struct
 
 import numpy as np
 
-__all__ = ["FORMATS", "to_pixels", "picture_bytes", "animation_bytes", "pages_bytes", "extra_data", "comfy_texts",
+__all__ = ["FORMATS", "to_pixels", "picture_bytes", "animation_bytes", "frames_bytes", "extra_data", "comfy_texts",
            "IF_AUDIT_FAILED", "SAVE_MARKED", "SAVE_NOTHING", "should_save", "METADATA", "NO_METADATA",
            "WITH_WORKFLOW"]
 
@@ -117,15 +117,16 @@ def animation_bytes(frames, fps, lossless=True, quality=80, method=4, texts=None
     return out.getvalue()
 
 
-def pages_bytes(frames):
-    """Every frame (each H×W×C) as one page of a multi-page TIFF, deflated: exact pixels and exactly as many
-    pages as frames. An animated WebP or PNG cannot promise that: their encoders fold a frame identical to
-    the one before into it (a still scene comes back with fewer frames)."""
+def frames_bytes(frames):
+    """Every frame (each H×W×C) as one frame of an animated PNG without frame durations: exact pixels and
+    exactly as many frames as given, which both Pillow and FFmpeg (current ComfyUI's Load Image tries PyAV
+    first) read back. An animated WebP cannot promise that, nor an APNG with durations: their encoders fold
+    a frame identical to the one before into it (a still scene would come back shorter)."""
     if not len(frames):
-        raise ValueError("a multi-page picture needs at least one frame")
+        raise ValueError("an animation needs at least one frame")
     pictures = [_fresh(f) for f in frames]
     out = io.BytesIO()
-    pictures[0].save(out, format="TIFF", save_all=True, append_images=pictures[1:], compression="tiff_adobe_deflate")
+    pictures[0].save(out, format="PNG", save_all=True, append_images=pictures[1:], compress_level=4)
     return out.getvalue()
 
 

@@ -15,6 +15,7 @@
   files, written photos, written clips), the pack's Save node (no metadata unless switched on, nothing
   saved of a failed audit unless chosen).
 """
+import inspect
 import io
 import json
 import os
@@ -59,7 +60,7 @@ CLIP_TAGS = {"title": "Piotr Zielinski interview", "artist": "Piotr Zielinski", 
              "location": "+50.0614+019.9366/", "creation_time": "2026-05-01T10:00:00.000000Z"}
 STREAM_TAGS = {"handler_name": "Piotr's phone", "title": "Piotr's voice"}
 ALLOWED_INFO = {"jfif", "jfif_version", "jfif_unit", "jfif_density", "loop", "background", "duration",
-                "timestamp"}
+                "timestamp", "bbox", "blend", "disposal"}  # the last three: an APNG frame's own fields
 
 
 def run(argv, capsys):
@@ -207,7 +208,7 @@ def test_what_a_picture_file_carries_is_read_from_its_bytes_and_ours_carry_only_
     animated = file_privacy.animation_bytes([pixels, pixels[::-1]], 8, texts={"prompt": "{}"})
     assert file_privacy.extra_data(animated) == ["WebP VP8X flag EXIF", "WebP chunk EXIF"]
     assert file_privacy.extra_data(file_privacy.animation_bytes([pixels, pixels[::-1]], 8)) == []
-    pages = file_privacy.pages_bytes([pixels, pixels, pixels[::-1]])
+    pages = file_privacy.frames_bytes([pixels, pixels, pixels[::-1]])
     assert file_privacy.extra_data(pages) == [] and len(media.frames_of(pages)) == 3  # identical frames kept
     tagged = io.BytesIO()
     Image.fromarray(pixels).save(tagged, "TIFF", tiffinfo={315: "Anna Kowalska", 306: "2026:01:02 10:00:00"})
@@ -257,7 +258,7 @@ def test_a_written_clip_carries_no_tag_of_its_source_and_its_audio_only_when_kep
     assert "voices are not anonymized" in media.audio_line(clip, "drop", "x")
     assert "WARNING: voices are not anonymized" in media.audio_line(clip, "keep", "x")
     upload = media.clip_for_upload(clip, tmp_path)
-    assert re.fullmatch(r"clip-[0-9a-f]{32}\.tiff", upload.name)
+    assert re.fullmatch(r"clip-[0-9a-f]{32}\.png", upload.name)
     assert_clean_picture(upload.read_bytes(), upload)
     for suffix in media.OUTPUT_CLIP_SUFFIXES:
         for keep in (False, True):
@@ -331,7 +332,10 @@ def test_the_save_node_writes_pixels_only_and_nothing_of_a_failed_audit_unless_c
         assert len(out.ui["images"]) == 2
         # the prompt and workflow only when switched on
         prompt = {"10": {"class_type": "LoadImage", "inputs": {"image": "revpers-abcdef.png"}}}
-        clone = node.PREPARE_CLASS_CLONE({"PROMPT": prompt, "EXTRA_PNGINFO": {"workflow": {"nodes": []}}})
+        hidden = {"PROMPT": prompt, "EXTRA_PNGINFO": {"workflow": {"nodes": []}}}
+        # as the host's executor hands hidden inputs over: the dict itself (0.3.75) or inside its v3 data (0.33)
+        takes = next(iter(inspect.signature(node.PREPARE_CLASS_CLONE).parameters))
+        clone = node.PREPARE_CLASS_CLONE({"hidden_inputs": hidden} if takes == "v3_data" else hidden)
         out = clone.execute(images[:1], format="png", if_audit_failed=file_privacy.SAVE_MARKED,
                             **{**args, "metadata": file_privacy.WITH_WORKFLOW})
         data = (tmp_path / out.ui["images"][0]["subfolder"] / out.ui["images"][0]["filename"]).read_bytes()

@@ -114,7 +114,7 @@ def timed_run(server, graph):
 
 
 def the_output(server, result, graph):
-    (image,) = output_images(server, result, only(graph, "SaveImage"))
+    (image,) = output_images(server, result, only(graph, "RevPersSave"))
     return image
 
 
@@ -181,7 +181,7 @@ def test_photo_workflow_runs_and_reuses_on_guidance_change(sdxl_server, standin_
     assert {detect, embed, encode, invert} <= set(cached), cached
     assert not {detect, embed, encode, invert} & set(ran), ran
     after = {sampler, only(graph, "VAEDecode"), only(graph, "RevPersPasteBack"),
-             check_node(graph), only(graph, "SaveImage")}
+             check_node(graph), only(graph, "RevPersSave")}
     assert set(ran) == after, ran
     changed = the_output(sdxl_server, reuse, graph)
     assert changed.shape == photo.shape and not np.array_equal(changed, image)
@@ -224,10 +224,10 @@ def test_video_workflow_keeps_every_frame_and_anonymizes_the_missed_face(sdxl_se
         clip.append(marker_picture(width, height, faces, seed=t))
     name = sdxl_server.upload_image(webp_frames(clip), f"clip-{uuid.uuid4().hex[:8]}.webp")
     graph = prepared("anonymize_video", name, standin_sdxl["checkpoint"],
-                     SaveAnimatedWEBP={"lossless": True})  # lossless, to compare the faceless frame exactly
+                     RevPersSave={"lossless": True})  # lossless, to compare the faceless frame exactly
     result, seconds = timed_run(sdxl_server, graph)
     assert result.status == "success", result.message
-    (saved,) = result.images(only(graph, "SaveAnimatedWEBP"))
+    (saved,) = result.images(only(graph, "RevPersSave"))
     frames = read_webp_frames(sdxl_server.view(saved["filename"], saved.get("subfolder", ""), saved.get("type", "output")))
     assert len(frames) == 5 and all(f.shape == clip[0].shape for f in frames)
     assert np.array_equal(frames[4], clip[4])
