@@ -186,7 +186,8 @@ def manifests_in(paths):
     found = []
     for given in map(Path, paths):
         if given.is_dir():
-            inside = sorted(p for p in given.iterdir() if p.is_file() and SHARD_NAME.search(p.name))
+            inside = sorted(p for p in given.iterdir()  # the shards' journals (hidden) are not manifests
+                            if p.is_file() and not p.name.startswith(".") and SHARD_NAME.search(p.name))
             if not inside:
                 raise CliError(f"{given}: no shard manifest (*.shard-K-of-N.json or .csv) in it", EXIT_USAGE)
             found += inside

@@ -10,8 +10,19 @@ shards' manifests joined (`revpers merge-manifests`):
   manifest deleted, the merge says it is missing and exits non-zero.
 """
 import json
+import time
+from pathlib import Path
 
 import pytest
+from test_cli_items import (
+    FAST,
+    ON_STANDINS,
+    PHOTOS,
+    cli_process,
+    photo_folder,
+    run,
+    start_server,
+)
 
 from revpers_cli import batch, cli, shards
 from revpers_cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError
@@ -166,6 +177,7 @@ def write_shards(out, n=3, items=12, digest="d1", drop=(), status=None, csv=Fals
             records.append(dict(batch.outcome_record(entry, outcome, "http://s"), code=outcome.code))
         name = shards.shard_path(out / ("manifest.csv" if csv else batch.MANIFEST_NAME), k, n)
         batch.write_manifest(name, records, shards.header(digest, k, n, mine, len(entries)))
+        (out / shards.shard_path(batch.JOURNAL_NAME, k, n).name).write_text('{"version": 1, "items": {}}')
     return entries
 
 
@@ -186,6 +198,9 @@ def test_a_complete_job_merges_into_one_manifest(tmp_path, capsys):
     assert "merged 3 of 3 shard manifest(s): 12 item(s)" in stdout and "MISSING" not in stdout
     code, stdout, _ = merge([*sorted(out.glob("manifest.shard-*")), "-o", tmp_path / "all.json"], capsys)
     assert code == EXIT_OK and len(json.loads((tmp_path / "all.json").read_text())["items"]) == 12
+    code, stdout, _ = merge([out, "-o", tmp_path / "all.csv"], capsys)  # JSON manifests into the job's CSV
+    rows = (tmp_path / "all.csv").read_text().splitlines()
+    assert code == EXIT_OK and rows[0].startswith("input,output,kind,status") and len(rows) == 13
 
 
 def test_a_missing_shard_is_reported_with_its_items_and_fails_the_merge(tmp_path, capsys):
@@ -262,3 +277,93 @@ def test_csv_manifests_merge_into_csv(tmp_path, capsys):
     assert code == EXIT_FAILED and "MISSING: shard 3/3: no manifest" in stdout
     code, _, err = merge([out, "-o", tmp_path / "m.json"], capsys)
     assert code == EXIT_USAGE and "CSV manifests merge into a .csv" in err
+
+
+# --- two shards as two processes, each with its own server ----------------------------------------
+
+# How long a shard of a 20-photo folder on its own CPU server may take (the CLI is killed beyond it).
+BOUND = 900
+
+
+def journal_of(out, k, n):
+    return json.loads((out / shards.shard_path(batch.JOURNAL_NAME, k, n).name).read_text())["items"]
+
+
+def prompts_per_key(host_url, items):
+    """How many prompts the server ran for each item of a shard's journal `items` (its uploads, under
+    random names, are in the journal's left_on_server: the server was given by URL)."""
+    from revpers_cli.api import ComfyClient
+    owner = {left["file"]: key for key, record in items.items() for left in record.get("left_on_server", [])
+             if left["folder"] == "input"}
+    with ComfyClient(host_url) as client:
+        history = client.history()
+    count = {}
+    for entry in history.values():
+        for node in entry["prompt"][2].values():
+            name = node["inputs"].get("image") if node["class_type"] == "LoadImage" else None
+            if isinstance(name, str) and name in owner:
+                count[owner[name]] = count.get(owner[name], 0) + 1
+    return count
+
+
+@pytest.mark.server
+def test_two_shards_on_two_servers_do_every_item_once_and_merge_complete(sd15_workflows, tmp_path_factory, tmp_path,
+                                                                         capsys):
+    hosts = [start_server(f"shard-{k}", tmp_path_factory) for k in (1, 2)]
+    try:
+        photos = photo_folder(tmp_path / "photos", "shards")
+        out = tmp_path / "out"
+        common = [photos, "-o", out, "--workflow", sd15_workflows["photo"], *FAST, *ON_STANDINS, "-q"]
+        started = time.monotonic()
+        procs = [cli_process([*common, "--server", host.url, "--shard", f"{k}/2"]) for k, host in enumerate(hosts, 1)]
+        ends = [proc.communicate(timeout=BOUND) for proc in procs]
+        seconds = time.monotonic() - started
+        for proc, (_, err) in zip(procs, ends):
+            assert proc.returncode == cli.EXIT_OK, err[-3000:]
+        names = sorted(p.name for p in photos.glob("*.png"))
+        sizes = [len(shards.split(batch.plan_entries([photos], out), k, 2)) for k in (1, 2)]
+        assert sum(sizes) == PHOTOS and min(sizes) > 0
+        for k, (_, err) in enumerate(ends, 1):
+            assert f"shard {k}/2: {sizes[k - 1]} of {PHOTOS} items" in err
+
+        # every item done exactly once over both: in one journal, on that shard's server, one prompt there
+        journals = [journal_of(out, k, 2) for k in (1, 2)]
+        assert not set(journals[0]) & set(journals[1])
+        assert sorted([*journals[0], *journals[1]]) == names
+        for k, (host, items) in enumerate(zip(hosts, journals), 1):
+            assert len(items) == sizes[k - 1] and all(r["status"] == "done" for r in items.values())
+            assert {r["outcome"]["server"] for r in items.values()} == {host.url}
+            assert prompts_per_key(host.url, items) == {key: 1 for key in items}
+            other = hosts[2 - k]
+            assert prompts_per_key(other.url, items) == {}  # never sent to the other shard's server
+            manifest = json.loads((out / f"manifest.shard-{k}-of-2.json").read_text())
+            assert manifest["shard"]["index"] == k and manifest["shard"]["count"] == 2
+            assert manifest["shard"]["total"] == PHOTOS and len(manifest["shard"]["planned"]) == sizes[k - 1]
+            assert len(manifest["items"]) == sizes[k - 1]
+        assert sorted(p.name for p in out.glob("*.png")) == names
+        assert not (out / batch.JOURNAL_NAME).exists() and not (out / batch.MANIFEST_NAME).exists()
+
+        # a shard run again does nothing twice: every item already done by the earlier run
+        code, stdout, err = run(["anonymize", *common, "--server", hosts[0].url, "--shard", "1/2"], capsys)
+        assert code == cli.EXIT_OK, err
+        assert f"{sizes[0]} done ({sizes[0]} of them by an earlier run)" in stdout
+        assert prompts_per_key(hosts[0].url, journal_of(out, 1, 2)) == {key: 1 for key in journals[0]}
+
+        code, stdout, err = run(["merge-manifests", out], capsys)
+        assert code == cli.EXIT_OK, stdout + err
+        merged = json.loads((out / batch.MANIFEST_NAME).read_text())
+        assert len(merged["items"]) == PHOTOS and merged["merged"]["complete"]
+        assert sorted(Path(r["output"]).name for r in merged["items"]) == names
+        assert all(r["status"] == "done" and r["audit"].startswith("passed") for r in merged["items"])
+        assert f"merged 2 of 2 shard manifest(s): {PHOTOS} item(s)" in stdout
+
+        (out / "manifest.shard-2-of-2.json").unlink()
+        code, stdout, err = run(["merge-manifests", out, "-o", tmp_path / "partial.json"], capsys)
+        assert code == cli.EXIT_FAILED
+        assert "MISSING: shard 2/2: no manifest" in stdout
+        assert f"MISSING: {sizes[1]} of the job's {PHOTOS} planned item(s) belong to the missing shard(s)" in stdout
+        assert len(json.loads((tmp_path / "partial.json").read_text())["items"]) == sizes[0]
+        print(f"\n[shards] {sizes[0]} + {sizes[1]} items on two servers as two processes in {seconds:.0f} s")
+    finally:
+        for host in hosts:
+            host.stop()
