@@ -31,7 +31,7 @@ def why_not_anonymizing(g: float, identity_scale: float = 1.0) -> list[str]:
     elif not anonymizes(g):
         why.append(f"guidance {g:g} is positive: it pulls the faces TOWARD their identities")
     if identity_scale == 0:
-        why.append("the identity scale (ip_adapter_scale) is 0, so the identity branch is empty")
+        why.append("ip_adapter_scale 0: the identity branch is empty")
     return why
 
 
